@@ -1,0 +1,158 @@
+"""The ``pktpath`` command: ``trace`` and ``demo``.
+
+Exit codes: 0 done, 1 missing privilege / kernel feature / failure while tracing, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import NoReturn, TextIO
+
+from agent import __version__, netns
+from agent.errors import EXIT_USAGE, PktpathError, UsageError
+from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
+from agent.privileges import require_btf, require_tracing
+from agent.probes import DEFAULT_RING_BYTES
+from agent.session import announce, message, run, stop_on_signals
+from agent.tracer import Tracer
+
+TRACE_EXAMPLES = """\
+examples:
+  pktpath trace --proto icmp --host 172.17.0.2     ping a container, see every hop
+  pktpath trace --host fd00:200::2 --proto icmp6   the same over IPv6
+  pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
+  pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
+  pktpath trace --netns blue --proto udp -c 10     10 UDP packets in `ip netns` blue
+"""
+
+DEMO_EXAMPLES = """\
+examples:
+  pktpath demo              build a docker-like network, ping across it, show the path
+  pktpath demo --json       the same hops as JSON
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one sentence, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"pktpath: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if text[-1:].lower() in units:
+            return int(text[:-1]) * units[text[-1].lower()]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4M)") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = _Parser(prog="pktpath", description="Where did my packet go? pktpath shows the "
+                     "interfaces and network namespaces a packet crosses, traced with eBPF.")
+    parser.add_argument("--version", action="version", version=f"pktpath {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    trace = sub.add_parser("trace", help="show packets at every interface they cross",
+                           description="Show each matching packet at every interface it "
+                           "crosses, in every network namespace, both ways. Flags combine "
+                           "with AND; with no flag every packet is traced.",
+                           epilog=TRACE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    trace.add_argument("--host", action="append", default=[], metavar="ADDR",
+                       help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
+    trace.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
+    trace.add_argument("--port", metavar="N", help="TCP or UDP source or destination port")
+    trace.add_argument("--netns", metavar="NS",
+                       help="only this network namespace: `ip netns` name, path or inode")
+    trace.add_argument("-i", "--interface", metavar="NAME",
+                       help="only interfaces with this name (in any namespace unless --netns)")
+    _output_flags(trace)
+    trace.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                       help="stop after N events")
+    trace.add_argument("--buffer-size", type=_size, default=DEFAULT_RING_BYTES, metavar="SIZE",
+                       help="ring buffer size, a power of two (default 4M)")
+    trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
+                       help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
+
+    demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
+                          description="Build a docker-like network in temporary namespaces (a "
+                          "'host' with bridge docker0, a veth into a 'container'), ping the "
+                          "container while tracing, print the path, and remove everything.",
+                          epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _output_flags(demo)
+    demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
+                      help="pings to send (default 3)")
+    return parser
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per event (keys in README.md)")
+
+
+def filter_from_args(args: argparse.Namespace) -> TraceFilter:
+    """The trace filter the flags ask for, with namespaces and interfaces checked."""
+    ns = netns.resolve(args.netns) if args.netns else None
+    if args.interface:
+        netns.find_interface(args.interface, ns)
+    return TraceFilter(
+        hosts=tuple(parse_host(h) for h in args.host),
+        proto=parse_proto(args.proto) if args.proto else TraceFilter.proto,
+        port=parse_port(args.port) if args.port else 0,
+        netns=ns.inode if ns else 0,
+        ifname=args.interface or "",
+    )
+
+
+def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath trace``."""
+    trace_filter = filter_from_args(args)
+    require_tracing()
+    require_btf()
+    stop = threading.Event()
+    with stop_on_signals(stop), Tracer(trace_filter, hook_type=args.hook_type,
+                                       ring_bytes=args.buffer_size) as tracer:
+        announce(tracer, err)
+        run(tracer, stop, out, err, as_json=args.json, count=args.count)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath demo``."""
+    from agent.demo import run_demo
+
+    return run_demo(out, err, as_json=args.json, pings=args.count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pktpath`` console script."""
+    args = build_parser().parse_args(argv)
+    commands = {"trace": cmd_trace, "demo": cmd_demo}
+    try:
+        return commands[args.command](args, sys.stdout, sys.stderr)
+    except UsageError as exc:
+        message(sys.stderr, f"{exc} (see 'pktpath {args.command} --help')")
+        return exc.exit_code
+    except PktpathError as exc:
+        message(sys.stderr, str(exc))
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Python mirror of ``bpf/event.h``: the event record and the filter config.
+
+Each layout is a list of (field, struct format) pairs in C order. ``tests/test_event_layout.py``
+compares the offsets and sizes derived here with the BTF of the shipped object.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+SNAPLEN = 192
+IFNAMSIZ = 16
+MAX_HOSTS = 8
+
+
+class Hook(enum.IntEnum):
+    """Which tracepoint saw the packet (enum pktpath_hook)."""
+
+    NET_DEV_QUEUE = 1
+    NETIF_RECEIVE_SKB = 2
+
+    @property
+    def tracepoint(self) -> str:
+        """The tracepoint's name, as in /sys/kernel/tracing/events/net/."""
+        return self.name.lower()
+
+
+class EventFlag(enum.IntFlag):
+    """pktpath_event.flags (enum pktpath_event_flag)."""
+
+    L2 = 1
+    VLAN = 2
+
+
+class Proto(enum.IntEnum):
+    """The protocol filter (enum pktpath_proto)."""
+
+    ANY = 0
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ICMP6 = 58
+    ARP = 254
+
+
+class Counter(enum.IntEnum):
+    """Indexes of the per-CPU counters map (enum pktpath_counter)."""
+
+    EMITTED = 0
+    LOST = 1
+
+
+def _layout(fields: list[tuple[str, str]]) -> tuple[struct.Struct, dict[str, tuple[int, int]]]:
+    """The struct for fields, and each field's (offset, size)."""
+    offsets: dict[str, tuple[int, int]] = {}
+    fmt = "<"
+    for name, code in fields:
+        offsets[name] = (struct.calcsize(fmt), struct.calcsize("<" + code))
+        fmt += code
+    return struct.Struct(fmt), offsets
+
+
+EVENT_FIELDS = [
+    ("time_ns", "Q"),
+    ("skb", "Q"),
+    ("netns", "I"),
+    ("ifindex", "I"),
+    ("len", "I"),
+    ("cpu", "I"),
+    ("cap_len", "H"),
+    ("protocol", "H"),
+    ("vlan_tci", "H"),
+    ("vlan_proto", "H"),
+    ("hook", "B"),
+    ("flags", "B"),
+    ("pad", "6s"),
+    ("ifname", f"{IFNAMSIZ}s"),
+    ("data", f"{SNAPLEN}s"),
+]
+EVENT_STRUCT, EVENT_OFFSETS = _layout(EVENT_FIELDS)
+# The header is everything before data[]: decoded with one unpack, data sliced from the record.
+_HEADER = struct.Struct("<" + "".join(code for name, code in EVENT_FIELDS if name != "data"))
+DATA_OFFSET = EVENT_OFFSETS["data"][0]
+
+CONFIG_FIELDS = [
+    ("host6", f"{16 * MAX_HOSTS}s"),
+    ("host4", f"{4 * MAX_HOSTS}s"),
+    ("ifname", f"{IFNAMSIZ}s"),
+    ("netns", "I"),
+    ("port", "H"),
+    ("proto", "B"),
+    ("n_host4", "B"),
+    ("n_host6", "B"),
+    ("pad", "7s"),
+]
+CONFIG_STRUCT, CONFIG_OFFSETS = _layout(CONFIG_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One ring-buffer record, fields as the kernel wrote them (integers in host order)."""
+
+    time_ns: int
+    skb: int
+    netns: int
+    ifindex: int
+    len: int
+    cpu: int
+    protocol: int  # ethertype, host order
+    vlan_tci: int | None  # None when the skb carried no offloaded tag
+    vlan_proto: int | None
+    hook: int
+    l2: bool  # data starts with an Ethernet header
+    ifname: str
+    data: bytes
+
+
+def decode_event(record: bytes | memoryview) -> RawEvent:
+    """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
+    if len(record) < DATA_OFFSET:
+        raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
+    (time_ns, skb, netns, ifindex, length, cpu, cap_len, protocol, vlan_tci, vlan_proto, hook,
+     flags, _pad, ifname) = _HEADER.unpack_from(record)
+    cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
+    vlan = bool(flags & EventFlag.VLAN)
+    return RawEvent(
+        time_ns=time_ns,
+        skb=skb,
+        netns=netns,
+        ifindex=ifindex,
+        len=length,
+        cpu=cpu,
+        protocol=int.from_bytes(protocol.to_bytes(2, "little"), "big"),
+        vlan_tci=vlan_tci if vlan else None,
+        vlan_proto=int.from_bytes(vlan_proto.to_bytes(2, "little"), "big") if vlan else None,
+        hook=hook,
+        l2=bool(flags & EventFlag.L2),
+        ifname=ifname.split(b"\0", 1)[0].decode(errors="replace"),
+        data=bytes(record[DATA_OFFSET:DATA_OFFSET + cap_len]),
+    )

@@ -1,0 +1,93 @@
+"""How hops are written: one text line, or one JSON object, per hop.
+
+Text: ``[     netns]        ifname what src -> dst``. JSON keys are documented in README.md;
+a key is absent when it does not apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.packet import Packet, tcp_flags_text
+from agent.tracer import Hop
+
+ICMP_ECHO = {(1, 8): "request", (1, 0): "reply", (58, 128): "request", (58, 129): "reply"}
+ICMP_TYPES = {
+    1: {3: "unreachable", 4: "source-quench", 5: "redirect", 11: "time-exceeded",
+        12: "parameter-problem", 13: "timestamp", 14: "timestamp-reply"},
+    58: {1: "unreachable", 2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem",
+         133: "router-solicitation", 134: "router-advertisement",
+         135: "neighbor-solicitation", 136: "neighbor-advertisement"},
+}
+ARP_OPS = {1: "request", 2: "reply"}
+
+
+def describe(p: Packet) -> str:
+    """What the packet is, after the interface column."""
+    if p.family == "arp":
+        if p.arp_op == 1:
+            return f"arp who-has {p.dst} tell {p.src}"
+        if p.arp_op == 2:
+            return f"arp reply {p.src} is-at {p.arp_sha}"
+        return f"arp op {p.arp_op} {p.src} -> {p.dst}"
+    if p.family is None:
+        return f"ethertype 0x{p.ethertype or 0:04x}"
+    if p.ip_proto in (1, 58) and p.icmp_type is not None:
+        echo = ICMP_ECHO.get((p.ip_proto, p.icmp_type))
+        if echo and p.icmp_id is not None and p.icmp_seq is not None:
+            return f"{echo:>7} #{p.icmp_id}.{p.icmp_seq:03d} {p.src} -> {p.dst}"
+        kind = ICMP_TYPES[p.ip_proto].get(p.icmp_type, f"type {p.icmp_type}")
+        return f"{p.proto} {kind} code {p.icmp_code} {p.src} -> {p.dst}"
+    if p.sport is not None and p.dport is not None:
+        src, dst = _endpoint(p.src, p.sport), _endpoint(p.dst, p.dport)
+        if p.ip_proto == 6 and p.tcp_flags is not None:
+            return f"tcp {src} -> {dst} [{tcp_flags_text(p.tcp_flags)}]"
+        return f"{p.proto} {src} -> {dst} len {p.payload_len}"
+    return f"{p.proto} {p.src} -> {p.dst}" + (" fragment" if p.fragment else "")
+
+
+def _endpoint(addr: str | None, port: int) -> str:
+    return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
+
+
+def text_line(hop: Hop) -> str:
+    """The hop as one line of text."""
+    e = hop.event
+    return f"[{e.netns:>12}] {e.ifname:>16} {describe(hop.packet)}"
+
+
+def json_object(hop: Hop) -> dict[str, Any]:
+    """The hop as a JSON-ready dict (keys documented in README.md)."""
+    e, p = hop.event, hop.packet
+    obj: dict[str, Any] = {
+        "time_ns": e.time_ns,
+        "hook": hop.hook.tracepoint if hop.hook else f"hook-{e.hook}",
+        "netns": e.netns,
+        "ifindex": e.ifindex,
+        "ifname": e.ifname,
+        "skb": f"0x{e.skb:016x}",
+        "cpu": e.cpu,
+        "len": e.len,
+        "family": p.family or f"ethertype-0x{p.ethertype or e.protocol:04x}",
+    }
+    optional: dict[str, Any] = {
+        "eth_src": p.eth_src,
+        "eth_dst": p.eth_dst,
+        "vlan": e.vlan_tci & 0x0FFF if e.vlan_tci is not None else (p.vlans[0] if p.vlans else None),
+        "proto": p.proto,
+        "src": p.src,
+        "dst": p.dst,
+        "ttl": p.ttl,
+        "sport": p.sport,
+        "dport": p.dport,
+        "tcp_flags": tcp_flags_text(p.tcp_flags) if p.tcp_flags is not None else None,
+        "icmp_type": p.icmp_type,
+        "icmp_code": p.icmp_code,
+        "icmp_id": p.icmp_id,
+        "icmp_seq": p.icmp_seq,
+        "arp_op": ARP_OPS.get(p.arp_op, p.arp_op) if p.arp_op is not None else None,
+        "fragment": True if p.fragment else None,
+        "truncated": True if p.truncated else None,
+    }
+    obj.update((k, v) for k, v in optional.items() if v is not None)
+    return obj

@@ -1,0 +1,112 @@
+"""Run an attached tracer until it is told to stop: write each hop, report losses, summarise.
+
+Output rules (README.md): results go to ``out`` (stdout), messages to ``err`` (stderr), each
+message one line starting with ``pktpath:``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TextIO
+
+from agent.output import json_object, text_line
+from agent.tracer import Hop, Tracer
+
+LOSS_CHECK_SECONDS = 1.0
+
+
+@dataclass
+class SessionResult:
+    """What a session did."""
+
+    shown: int
+    lost: int
+
+
+def message(err: TextIO, text: str) -> None:
+    """One line for the user on stderr."""
+    err.write(f"pktpath: {text}\n")
+    err.flush()
+
+
+def announce(tracer: Tracer, err: TextIO) -> None:
+    """Say what is traced where, and what did not attach."""
+    report = tracer.report
+    if report.fallback_reason:
+        message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
+    for status in report.hooks:
+        if status.error:
+            message(err, f"hook {status.hook.tracepoint} not attached ({status.error}); "
+                         "the other hooks keep working")
+    if tracer.filter.empty:
+        message(err, "no filter: tracing every packet on every interface is heavy; narrow it "
+                     "with --host, --proto, --port, --netns or -i")
+    hooks = ", ".join(f"{s.hook.tracepoint}" for s in report.attached)
+    kind = report.attached[0].hook_type
+    message(err, f"tracing {tracer.filter.describe()} at {hooks} ({kind}); Ctrl-C stops")
+
+
+def formatter(as_json: bool) -> Callable[[Hop], str]:
+    """The function that turns a hop into its output line."""
+    if as_json:
+        return lambda hop: json.dumps(json_object(hop), separators=(",", ":"))
+    return text_line
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set stop on SIGINT or SIGTERM while the block runs (main thread only)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _sig, _frame: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(
+    tracer: Tracer,
+    stop: threading.Event,
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool = False,
+    count: int = 0,
+    on_hop: Callable[[Hop], None] | None = None,
+) -> SessionResult:
+    """Write hops to out until stop is set or count hops were written; then the summary."""
+    fmt = formatter(as_json)
+    shown = reported_lost = 0
+    next_check = time.monotonic() + LOSS_CHECK_SECONDS
+    while True:
+        stopping = stop.is_set()
+        hops = tracer.drain() if stopping else tracer.poll(100)
+        for hop in hops:
+            out.write(fmt(hop) + "\n")
+            shown += 1
+            if on_hop:
+                on_hop(hop)
+            if count and shown >= count:
+                stop.set()
+                break
+        out.flush()
+        if stopping or (count and shown >= count):
+            break
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + LOSS_CHECK_SECONDS
+            lost = tracer.lost()
+            if lost > reported_lost:
+                message(err, f"{lost - reported_lost} events lost: the ring buffer was full "
+                             "(narrow the filter or enlarge --buffer-size)")
+                reported_lost = lost
+    lost = tracer.lost()
+    message(err, f"{shown} events shown, {lost} lost")
+    return SessionResult(shown, lost)

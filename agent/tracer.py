@@ -1,0 +1,113 @@
+"""The tracing core: attach the probes for a filter and turn ring-buffer records into hops.
+
+Knows nothing of terminals or Kubernetes; the CLI and the agent iterate over :meth:`Tracer.hops`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from agent.errors import PktpathError
+from agent.event import Counter, Hook, RawEvent, decode_event
+from agent.filters import TraceFilter
+from agent.packet import Packet, decode
+from agent.probes import DEFAULT_RING_BYTES, LoadReport, Probes
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One packet seen on one interface at one hook."""
+
+    event: RawEvent
+    packet: Packet
+
+    @property
+    def hook(self) -> Hook | None:
+        """The hook, or None for a value this version does not know."""
+        try:
+            return Hook(self.event.hook)
+        except ValueError:
+            return None
+
+
+def hop_from_record(record: bytes) -> Hop:
+    """Decode one ring-buffer record into a hop."""
+    event = decode_event(record)
+    return Hop(event, decode(event.data, event.l2, event.protocol))
+
+
+class Tracer:
+    """Probes attached for one filter. Use as a context manager; iterate :meth:`hops`."""
+
+    def __init__(
+        self,
+        trace_filter: TraceFilter,
+        *,
+        hooks: Iterable[Hook] = tuple(Hook),
+        hook_type: str = "auto",
+        ring_bytes: int = DEFAULT_RING_BYTES,
+    ) -> None:
+        self.filter = trace_filter
+        self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
+                              ring_bytes=ring_bytes)
+        self._pending: list[bytes] = []
+        self._rb = 0
+
+    def __enter__(self) -> Tracer:
+        try:
+            self._probes.open()
+            self._rb = self._probes.ring_buffer(self._on_record)
+        except BaseException:
+            self._probes.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def report(self) -> LoadReport:
+        """Which hooks attached, with which program type."""
+        return self._probes.report
+
+    def _on_record(self, data: int, size: int) -> int:
+        self._pending.append(ctypes.string_at(data, size))
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> list[Hop]:
+        """The hops that arrive within timeout_ms (an empty list on a signal or time-out)."""
+        ret = self._probes.poll(self._rb, timeout_ms)
+        if ret < 0 and ret != -errno.EINTR:
+            raise PktpathError(f"reading the ring buffer failed: {errno.errorcode.get(-ret)}")
+        return self._take_pending()
+
+    def drain(self) -> list[Hop]:
+        """Whatever is left in the ring buffer, without waiting."""
+        self._probes.consume(self._rb)
+        return self._take_pending()
+
+    def hops(self, stop: threading.Event, poll_ms: int = 100) -> Iterator[Hop]:
+        """Hops as they come, until stop is set; then what is left in the ring buffer."""
+        while not stop.is_set():
+            yield from self.poll(poll_ms)
+        yield from self.drain()
+
+    def _take_pending(self) -> list[Hop]:
+        batch, self._pending = self._pending, []
+        return [hop_from_record(record) for record in batch]
+
+    def lost(self) -> int:
+        """Wanted packets the kernel could not deliver because the ring buffer was full."""
+        return self._probes.counters()[Counter.LOST]
+
+    def counters(self) -> dict[Counter, int]:
+        """The kernel-side counters."""
+        return self._probes.counters()
+
+    def close(self) -> None:
+        """Detach everything."""
+        self._probes.close()

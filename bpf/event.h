@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The one layout shared by the BPF programs (pktpath.bpf.c) and their Python mirror
+ * (agent/event.py). tests/test_event_layout.py checks the mirror against the BTF of the
+ * compiled object: change a field here and the test tells you what to change there.
+ *
+ * Fixed-width fields only, no implicit padding.
+ */
+#ifndef PKTPATH_EVENT_H
+#define PKTPATH_EVENT_H
+
+#define PKTPATH_SNAPLEN 192   /* packet bytes copied per event, from the first header */
+#define PKTPATH_IFNAMSIZ 16
+#define PKTPATH_MAX_HOSTS 8   /* --host addresses compared inline, per family */
+
+/* Which tracepoint saw the packet. */
+enum pktpath_hook {
+	PKTPATH_HOOK_NET_DEV_QUEUE = 1,     /* net:net_dev_queue, transmit */
+	PKTPATH_HOOK_NETIF_RECEIVE_SKB = 2, /* net:netif_receive_skb, receive */
+};
+
+/* pktpath_event.flags */
+enum pktpath_event_flag {
+	PKTPATH_F_L2 = 1,   /* data[] starts with an Ethernet header, else with the L3 header */
+	PKTPATH_F_VLAN = 2, /* the skb carries an offloaded VLAN tag in vlan_tci / vlan_proto */
+};
+
+/* One packet seen at one hook on one interface. */
+struct pktpath_event {
+	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u64 skb;                     /* address of the struct sk_buff */
+	__u32 netns;                   /* inode of the device's network namespace */
+	__u32 ifindex;
+	__u32 len;                     /* bytes of the packet from data[0] on */
+	__u32 cpu;
+	__u16 cap_len;                 /* bytes of data[] that are valid */
+	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
+	__u16 vlan_tci;
+	__u16 vlan_proto;              /* network byte order */
+	__u8 hook;                     /* enum pktpath_hook */
+	__u8 flags;                    /* enum pktpath_event_flag */
+	__u8 pad[6];
+	char ifname[PKTPATH_IFNAMSIZ];
+	__u8 data[PKTPATH_SNAPLEN];
+};
+
+/* The filter, set in .rodata before the object is loaded. Zero means "any".
+ * Ordered so that every array starts 8-byte aligned (the programs compare in 8-byte words). */
+struct pktpath_config {
+	__u8 host6[PKTPATH_MAX_HOSTS][16];
+	__u32 host4[PKTPATH_MAX_HOSTS];        /* network byte order */
+	char ifname[PKTPATH_IFNAMSIZ]; /* only this interface name (in any namespace) */
+	__u32 netns;                   /* only this network namespace inode */
+	__u16 port;                    /* TCP or UDP source or destination port, host order */
+	__u8 proto;                    /* enum pktpath_proto */
+	__u8 n_host4;                  /* entries of host4[] in use */
+	__u8 n_host6;                  /* entries of host6[] in use */
+	__u8 pad[7];
+};
+
+/* pktpath_config.proto */
+enum pktpath_proto {
+	PKTPATH_PROTO_ANY = 0,
+	PKTPATH_PROTO_ICMP = 1,
+	PKTPATH_PROTO_TCP = 6,
+	PKTPATH_PROTO_UDP = 17,
+	PKTPATH_PROTO_ICMP6 = 58,
+	PKTPATH_PROTO_ARP = 254,       /* not an IP protocol: ethertype 0x0806 */
+};
+
+/* Indexes of the per-CPU counters map. */
+enum pktpath_counter {
+	PKTPATH_COUNTER_EMITTED = 0,   /* events written to the ring buffer */
+	PKTPATH_COUNTER_LOST = 1,      /* wanted packets dropped because the ring buffer was full */
+	PKTPATH_COUNTER_MAX = 2,
+};
+
+#endif /* PKTPATH_EVENT_H */

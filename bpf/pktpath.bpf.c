@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pktpath's kernel side: one small program per hook, all sharing handle().
+ *
+ * Each hook decides whether the packet is wanted with the cheapest checks first (skb fields,
+ * then one read of the network header), and only then reserves ring-buffer space and copies
+ * the headers. Every wanted packet that finds the ring buffer full is counted.
+ *
+ * Every hook exists twice: tp_btf (typed skb, direct loads) and raw_tp (bpf_probe_read_kernel),
+ * the loader keeps one of the two after probing.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "event.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by the loader before load; the verifier then drops the checks a run does not need. */
+const volatile struct pktpath_config cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* the loader may resize it */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PKTPATH_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Make the shared types visible in the object's BTF for the layout test. */
+struct pktpath_event *unused_event __attribute__((unused));
+enum pktpath_hook unused_hook __attribute__((unused));
+enum pktpath_event_flag unused_flag __attribute__((unused));
+enum pktpath_proto unused_proto __attribute__((unused));
+enum pktpath_counter unused_counter __attribute__((unused));
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_ARP 0x0806
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define ARPHRD_ETHER 1
+#define ARPHRD_LOOPBACK 772
+#define IP_OFFSET 0x1FFF /* fragment offset bits of frag_off */
+
+/* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
+ * `btf` is a constant at every call site, so only one arm is compiled. */
+#define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
+/* Where the headers of a packet are. */
+struct headers {
+	unsigned char *l2; /* Ethernet header, NULL on devices without one */
+	unsigned char *l3; /* network header (after any VLAN tags in the frame) */
+	__u16 ethertype;   /* of l3, host order */
+};
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &index);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline bool host4_wanted(__u32 a, __u32 b)
+{
+#pragma unroll
+	for (int i = 0; i < PKTPATH_MAX_HOSTS; i++) {
+		if (i >= cfg.n_host4)
+			break;
+		if (cfg.host4[i] == a || cfg.host4[i] == b)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool same6(const volatile __u8 *want, const __u64 *addr)
+{
+	const volatile __u64 *w = (const volatile __u64 *)want;
+
+	return w[0] == addr[0] && w[1] == addr[1];
+}
+
+static __always_inline bool host6_wanted(const __u64 *a, const __u64 *b)
+{
+#pragma unroll
+	for (int i = 0; i < PKTPATH_MAX_HOSTS; i++) {
+		if (i >= cfg.n_host6)
+			break;
+		if (same6(cfg.host6[i], a) || same6(cfg.host6[i], b))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool port_wanted(unsigned char *l4)
+{
+	__u16 ports[2];
+
+	if (bpf_probe_read_kernel(ports, sizeof(ports), l4))
+		return false;
+	return ports[0] == bpf_htons(cfg.port) || ports[1] == bpf_htons(cfg.port);
+}
+
+static __always_inline bool l4_wanted(__u8 l4proto, unsigned char *l4)
+{
+	if (cfg.proto && cfg.proto != l4proto)
+		return false;
+	if (cfg.port && (l4proto != PKTPATH_PROTO_TCP && l4proto != PKTPATH_PROTO_UDP))
+		return false;
+	return !cfg.port || port_wanted(l4);
+}
+
+static __always_inline bool ipv4_wanted(unsigned char *l3)
+{
+	struct {
+		__u8 ver_ihl, tos;
+		__u16 tot_len, id, frag_off;
+		__u8 ttl, protocol;
+		__u16 check;
+		__u32 saddr, daddr;
+	} ip;
+
+	if (cfg.n_host6 && !cfg.n_host4)
+		return false;
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+		return false;
+	if (cfg.n_host4 && !host4_wanted(ip.saddr, ip.daddr))
+		return false;
+	if (!cfg.proto && !cfg.port)
+		return true;
+	/* a later fragment has no L4 header: only its protocol can match */
+	if (cfg.port && (ip.frag_off & bpf_htons(IP_OFFSET)))
+		return false;
+	if ((ip.ver_ihl & 0xF) < 5)
+		return false;
+	return l4_wanted(ip.protocol, l3 + (ip.ver_ihl & 0xF) * 4);
+}
+
+static __always_inline bool ipv6_wanted(unsigned char *l3)
+{
+	struct {
+		__u32 ver_tc_flow;
+		__u16 payload_len;
+		__u8 nexthdr, hop_limit;
+		__u64 saddr[2], daddr[2];
+	} ip;
+	unsigned char *l4 = l3 + sizeof(ip);
+	__u8 nexthdr;
+
+	if (cfg.n_host4 && !cfg.n_host6)
+		return false;
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+		return false;
+	if (cfg.n_host6 && !host6_wanted(ip.saddr, ip.daddr))
+		return false;
+	if (!cfg.proto && !cfg.port)
+		return true;
+	nexthdr = ip.nexthdr;
+	/* walk the extension headers to the upper-layer header */
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		__u8 ext[4];
+
+		if (nexthdr != 0 && nexthdr != 43 && nexthdr != 44 && nexthdr != 51 && nexthdr != 60)
+			break;
+		if (bpf_probe_read_kernel(ext, sizeof(ext), l4))
+			return false;
+		if (nexthdr == 44) { /* fragment header: a later fragment has no L4 header */
+			if (cfg.port && ((ext[2] << 8 | ext[3]) & 0xFFF8))
+				return false;
+			l4 += 8;
+		} else if (nexthdr == 51) { /* AH counts in 4-byte units */
+			l4 += (ext[1] + 2) * 4;
+		} else {
+			l4 += (ext[1] + 1) * 8;
+		}
+		nexthdr = ext[0];
+	}
+	return l4_wanted(nexthdr, l4);
+}
+
+static __always_inline bool arp_wanted(unsigned char *l3)
+{
+	struct {
+		__u16 hrd, pro;
+		__u8 hln, pln;
+		__u16 op;
+		__u8 sha[6];
+		__u32 spa;
+		__u8 tha[6];
+		__u32 tpa;
+	} __attribute__((packed)) arp;
+
+	if (cfg.port || (cfg.proto && cfg.proto != PKTPATH_PROTO_ARP))
+		return false;
+	if (!cfg.n_host4)
+		return true;
+	if (bpf_probe_read_kernel(&arp, sizeof(arp), l3))
+		return false;
+	return host4_wanted(arp.spa, arp.tpa);
+}
+
+/* The packet filter of the config, on the headers already located. */
+static __always_inline bool packet_wanted(struct headers *h)
+{
+	switch (h->ethertype) {
+	case ETH_P_IP:
+		return !(cfg.proto == PKTPATH_PROTO_ARP || cfg.proto == PKTPATH_PROTO_ICMP6) &&
+		       ipv4_wanted(h->l3);
+	case ETH_P_IPV6:
+		return !(cfg.proto == PKTPATH_PROTO_ARP || cfg.proto == PKTPATH_PROTO_ICMP) &&
+		       ipv6_wanted(h->l3);
+	case ETH_P_ARP:
+		return arp_wanted(h->l3);
+	default:
+		return !cfg.proto && !cfg.port && !cfg.n_host4 && !cfg.n_host6;
+	}
+}
+
+/* Skip up to two VLAN tags carried in the frame itself (802.1Q, 802.1ad). */
+static __always_inline void skip_vlan_tags(struct headers *h)
+{
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		__u16 tag[2];
+
+		if (h->ethertype != ETH_P_8021Q && h->ethertype != ETH_P_8021AD)
+			return;
+		if (bpf_probe_read_kernel(tag, sizeof(tag), h->l3))
+			return;
+		h->ethertype = bpf_ntohs(tag[1]);
+		h->l3 += 4;
+	}
+}
+
+static __always_inline bool ifname_wanted(struct net_device *dev)
+{
+	__u64 name[2];
+	const volatile __u64 *want = (const volatile __u64 *)cfg.ifname;
+
+	if (bpf_probe_read_kernel(name, sizeof(name), dev->name))
+		return false;
+	return name[0] == want[0] && name[1] == want[1];
+}
+
+static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
+				 struct headers *h, __u32 netns, __u8 hook, bool btf)
+{
+	unsigned char *first = h->l2 ? h->l2 : READ(btf, skb, data);
+	unsigned char *head = READ(btf, skb, head);
+	unsigned char *data = READ(btf, skb, data);
+	__u32 tail = READ(btf, skb, tail);
+	struct pktpath_event *e;
+	__u64 cap;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(PKTPATH_COUNTER_LOST);
+		return;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->skb = (__u64)skb;
+	e->netns = netns;
+	e->ifindex = READ(btf, dev, ifindex);
+	e->len = READ(btf, skb, len) + (data - first);
+	e->cpu = bpf_get_smp_processor_id();
+	e->protocol = READ(btf, skb, protocol);
+	e->vlan_tci = READ(btf, skb, vlan_tci);
+	e->vlan_proto = READ(btf, skb, vlan_proto);
+	e->hook = hook;
+	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (READ(btf, skb, vlan_all) ? PKTPATH_F_VLAN : 0);
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
+	/* copy the linear part only: paged data is not behind head */
+	cap = (__u64)(head + tail) - (__u64)first;
+	if (cap > PKTPATH_SNAPLEN)
+		cap = PKTPATH_SNAPLEN;
+	e->cap_len = cap;
+	if (bpf_probe_read_kernel(e->data, cap, first))
+		e->cap_len = 0;
+	bpf_ringbuf_submit(e, 0);
+	count(PKTPATH_COUNTER_EMITTED);
+}
+
+static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
+{
+	struct net_device *dev = READ(btf, skb, dev);
+	struct headers h = {};
+	unsigned char *data;
+	__u16 type;
+	__u32 netns = 0;
+
+	if (!dev)
+		return 0;
+	type = READ(btf, dev, type);
+	/* loopback receives what it just sent: its transmit is the hop */
+	if (hook == PKTPATH_HOOK_NETIF_RECEIVE_SKB && type == ARPHRD_LOOPBACK)
+		return 0;
+	h.ethertype = bpf_ntohs(READ(btf, skb, protocol));
+	if (cfg.proto == PKTPATH_PROTO_ARP && h.ethertype != ETH_P_ARP)
+		return 0;
+	netns = btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (cfg.netns && netns != cfg.netns)
+		return 0;
+
+	data = READ(btf, skb, data);
+	if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) {
+		if (hook == PKTPATH_HOOK_NET_DEV_QUEUE) {
+			h.l2 = data;
+		} else {
+			/* receive: eth_type_trans() already pulled the Ethernet header */
+			__u16 mac = READ(btf, skb, mac_header);
+			unsigned char *head = READ(btf, skb, head);
+
+			if (mac != (__u16)~0U && head + mac + ETH_HLEN == data)
+				h.l2 = head + mac;
+		}
+	}
+	h.l3 = h.l2 ? h.l2 + ETH_HLEN : data;
+	skip_vlan_tags(&h);
+
+	if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h))
+		return 0;
+	if (cfg.ifname[0] && !ifname_wanted(dev))
+		return 0;
+	emit(skb, dev, &h, netns, hook, btf);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(tp_btf_net_dev_queue, struct sk_buff *skb)
+{
+	return handle(skb, PKTPATH_HOOK_NET_DEV_QUEUE, true);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tp_btf_netif_receive_skb, struct sk_buff *skb)
+{
+	return handle(skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, true);
+}
+
+SEC("raw_tp/net_dev_queue")
+int BPF_PROG(raw_tp_net_dev_queue, struct sk_buff *skb)
+{
+	return handle(skb, PKTPATH_HOOK_NET_DEV_QUEUE, false);
+}
+
+SEC("raw_tp/netif_receive_skb")
+int BPF_PROG(raw_tp_netif_receive_skb, struct sk_buff *skb)
+{
+	return handle(skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, false);
+}

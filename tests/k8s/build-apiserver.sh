@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build the test Kubernetes API server and its store (kine, SQLite) from the Go module proxy.
+#
+# Usage: tests/k8s/build-apiserver.sh [CACHE_DIR]
+# Prints nothing but progress on stderr; the binaries land in CACHE_DIR/<version>/ and are
+# reused when already there (a cold build takes 15-30 minutes on 2 cores).
+set -euo pipefail
+K=${KUBE_VERSION:-v1.37.2}
+KINE=${KINE_VERSION:-v0.17.5}
+CACHE=${1:-${PKTPATH_CACHE:-/var/cache/pktpath}}
+OUT="$CACHE/kube-$K"
+mkdir -p "$OUT"
+export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+if [ ! -x "$OUT/kube-apiserver" ]; then
+  echo "building kube-apiserver $K into $OUT (first time only, 15-30 min)..." >&2
+  S=v0.${K#v1.}
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  KMOD=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  mkdir "$work/kas" && cd "$work/kas"
+  go mod init kasbuild >/dev/null 2>&1
+  for m in $(sed -n 's#^[[:space:]]*\(replace[[:space:]]*\)\{0,1\}\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*#\2#p' "$KMOD"); do
+    go mod edit -replace="$m=$m@$S"
+  done
+  if grep '=>' "$KMOD" | grep -v '\./staging/' >&2; then
+    echo "kubernetes $K has replace lines besides its staging modules: add them here" >&2
+    exit 1
+  fi
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$K" >&2
+  minor=${K#v1.}; minor=${minor%%.*}
+  LD="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LD="$LD -X $p.gitVersion=$K -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  go build -p 2 -trimpath -ldflags "$LD" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+  mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
+  cd / && rm -rf "$work"
+fi
+
+if [ ! -x "$OUT/kine" ]; then
+  echo "building kine $KINE into $OUT..." >&2
+  GOBIN="$OUT/kine-bin" go install "github.com/k3s-io/kine@$KINE" >&2
+  mv "$OUT/kine-bin/kine" "$OUT/kine" && rmdir "$OUT/kine-bin"
+fi
+echo "$OUT"
