@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Show each matching packet at every interface it "
                            "crosses, in every network namespace, both ways. Flags combine "
                            "with AND; with no flag every packet is traced.",
-                           epilog=TRACE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog=TRACE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     trace.add_argument("--host", action="append", default=[], metavar="ADDR",
                        help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
     trace.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Build a docker-like network in temporary namespaces (a "
                           "'host' with bridge docker0, a veth into a 'container'), ping the "
                           "container while tracing, print the path, and remove everything.",
-                          epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                          epilog=DEMO_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _output_flags(demo)
     demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
                       help="pings to send (default 3)")

@@ -17,8 +17,8 @@ from typing import TextIO
 
 from agent import netns
 from agent.errors import PktpathError
-from agent.filters import TraceFilter, parse_host
 from agent.event import Proto
+from agent.filters import TraceFilter, parse_host
 from agent.pinger import ping
 from agent.privileges import require_btf, require_network_admin, require_tracing
 from agent.session import announce, message, run, stop_on_signals

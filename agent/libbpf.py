@@ -54,13 +54,14 @@ class Libbpf:
                 exit_code=1,
             ) from exc
         self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, _c_void_p]
+        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                         _c_void_p]
         self.log_lines: list[str] = []
         self._print_cb = _PrintCallback(self._on_print)
         lib = self.lib
         p, i, u32, sz = _c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
         s = ctypes.c_char_p
-        for name, res, args in [
+        functions: list[tuple[str, Any, list[Any]]] = [
             ("libbpf_set_print", p, [_PrintCallback]),
             ("bpf_object__open_file", p, [s, p]),
             ("bpf_object__load", i, [p]),
@@ -82,7 +83,8 @@ class Libbpf:
             ("ring_buffer__poll", i, [p, i]),
             ("ring_buffer__consume", i, [p]),
             ("ring_buffer__free", None, [p]),
-        ]:
+        ]
+        for name, res, args in functions:
             _declare(lib, name, res, args)
         lib.libbpf_set_print(self._print_cb)
 

@@ -73,7 +73,8 @@ def json_object(hop: Hop) -> dict[str, Any]:
     optional: dict[str, Any] = {
         "eth_src": p.eth_src,
         "eth_dst": p.eth_dst,
-        "vlan": e.vlan_tci & 0x0FFF if e.vlan_tci is not None else (p.vlans[0] if p.vlans else None),
+        "vlan": (e.vlan_tci & 0x0FFF if e.vlan_tci is not None
+                 else (p.vlans[0] if p.vlans else None)),
         "proto": p.proto,
         "src": p.src,
         "dst": p.dst,

@@ -66,7 +66,7 @@ class Packet:
 
 
 def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
-    """Decode ``data``; ``l2`` says it starts with Ethernet, else with the header of ``ethertype``."""
+    """Decode ``data``: Ethernet first when ``l2``, else the header ``ethertype`` names."""
     fields: dict[str, object] = {}
     try:
         _decode(data, l2, ethertype, fields)

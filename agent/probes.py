@@ -24,8 +24,9 @@ DEFAULT_RING_BYTES = 4 << 20
 
 
 def object_path() -> str:
-    """Path of the BPF object shipped inside the package."""
-    return str(resources.files("agent").joinpath("pktpath.bpf.o"))
+    """Path of the BPF object: the one shipped inside the package, or $PKTPATH_BPF_OBJECT."""
+    return os.environ.get("PKTPATH_BPF_OBJECT") or str(
+        resources.files("agent").joinpath("pktpath.bpf.o"))
 
 
 @dataclass
@@ -140,7 +141,8 @@ class Probes:
         bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
 
     def _programs(self) -> list[int]:
-        progs, prog = [], None
+        progs: list[int] = []
+        prog = None
         while True:
             prog = self._bpf.lib.bpf_object__next_program(self._obj, prog)
             if not prog:

@@ -50,6 +50,16 @@ enum pktpath_counter unused_counter __attribute__((unused));
 #define ARPHRD_LOOPBACK 772
 #define IP_OFFSET 0x1FFF /* fragment offset bits of frag_off */
 
+/* Packet memory. Under tp_btf, bpf_rdonly_cast(p, 0) (Linux 6.17+; the verifier inlines it)
+ * makes it readable with plain loads that read zero on a fault, far cheaper than a helper call;
+ * on an older kernel the tp_btf programs fail to load and the raw_tp ones, which use
+ * bpf_probe_read_kernel(), take over. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define PKT_COPY(btf, dst, src)                                                   \
+	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
+	       : bpf_probe_read_kernel((dst), sizeof(*(dst)), (src)))
+
 /* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
  * `btf` is a constant at every call site, so only one arm is compiled. */
 #define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))
@@ -100,25 +110,27 @@ static __always_inline bool host6_wanted(const __u64 *a, const __u64 *b)
 	return false;
 }
 
-static __always_inline bool port_wanted(unsigned char *l4)
+static __always_inline bool port_wanted(unsigned char *l4, bool btf)
 {
-	__u16 ports[2];
+	struct {
+		__u16 source, dest;
+	} ports;
 
-	if (bpf_probe_read_kernel(ports, sizeof(ports), l4))
+	if (PKT_COPY(btf, &ports, l4))
 		return false;
-	return ports[0] == bpf_htons(cfg.port) || ports[1] == bpf_htons(cfg.port);
+	return ports.source == bpf_htons(cfg.port) || ports.dest == bpf_htons(cfg.port);
 }
 
-static __always_inline bool l4_wanted(__u8 l4proto, unsigned char *l4)
+static __always_inline bool l4_wanted(__u8 l4proto, unsigned char *l4, bool btf)
 {
 	if (cfg.proto && cfg.proto != l4proto)
 		return false;
 	if (cfg.port && (l4proto != PKTPATH_PROTO_TCP && l4proto != PKTPATH_PROTO_UDP))
 		return false;
-	return !cfg.port || port_wanted(l4);
+	return !cfg.port || port_wanted(l4, btf);
 }
 
-static __always_inline bool ipv4_wanted(unsigned char *l3)
+static __always_inline bool ipv4_wanted(unsigned char *l3, bool btf)
 {
 	struct {
 		__u8 ver_ihl, tos;
@@ -130,7 +142,7 @@ static __always_inline bool ipv4_wanted(unsigned char *l3)
 
 	if (cfg.n_host6 && !cfg.n_host4)
 		return false;
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+	if (PKT_COPY(btf, &ip, l3))
 		return false;
 	if (cfg.n_host4 && !host4_wanted(ip.saddr, ip.daddr))
 		return false;
@@ -141,10 +153,10 @@ static __always_inline bool ipv4_wanted(unsigned char *l3)
 		return false;
 	if ((ip.ver_ihl & 0xF) < 5)
 		return false;
-	return l4_wanted(ip.protocol, l3 + (ip.ver_ihl & 0xF) * 4);
+	return l4_wanted(ip.protocol, l3 + (ip.ver_ihl & 0xF) * 4, btf);
 }
 
-static __always_inline bool ipv6_wanted(unsigned char *l3)
+static __always_inline bool ipv6_wanted(unsigned char *l3, bool btf)
 {
 	struct {
 		__u32 ver_tc_flow;
@@ -157,7 +169,7 @@ static __always_inline bool ipv6_wanted(unsigned char *l3)
 
 	if (cfg.n_host4 && !cfg.n_host6)
 		return false;
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+	if (PKT_COPY(btf, &ip, l3))
 		return false;
 	if (cfg.n_host6 && !host6_wanted(ip.saddr, ip.daddr))
 		return false;
@@ -167,27 +179,30 @@ static __always_inline bool ipv6_wanted(unsigned char *l3)
 	/* walk the extension headers to the upper-layer header */
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
-		__u8 ext[4];
+		struct {
+			__u8 nexthdr, hdrlen;
+			__u16 frag_off;
+		} ext;
 
 		if (nexthdr != 0 && nexthdr != 43 && nexthdr != 44 && nexthdr != 51 && nexthdr != 60)
 			break;
-		if (bpf_probe_read_kernel(ext, sizeof(ext), l4))
+		if (PKT_COPY(btf, &ext, l4))
 			return false;
 		if (nexthdr == 44) { /* fragment header: a later fragment has no L4 header */
-			if (cfg.port && ((ext[2] << 8 | ext[3]) & 0xFFF8))
+			if (cfg.port && (ext.frag_off & bpf_htons(0xFFF8)))
 				return false;
 			l4 += 8;
 		} else if (nexthdr == 51) { /* AH counts in 4-byte units */
-			l4 += (ext[1] + 2) * 4;
+			l4 += (ext.hdrlen + 2) * 4;
 		} else {
-			l4 += (ext[1] + 1) * 8;
+			l4 += (ext.hdrlen + 1) * 8;
 		}
-		nexthdr = ext[0];
+		nexthdr = ext.nexthdr;
 	}
-	return l4_wanted(nexthdr, l4);
+	return l4_wanted(nexthdr, l4, btf);
 }
 
-static __always_inline bool arp_wanted(unsigned char *l3)
+static __always_inline bool arp_wanted(unsigned char *l3, bool btf)
 {
 	struct {
 		__u16 hrd, pro;
@@ -203,56 +218,65 @@ static __always_inline bool arp_wanted(unsigned char *l3)
 		return false;
 	if (!cfg.n_host4)
 		return true;
-	if (bpf_probe_read_kernel(&arp, sizeof(arp), l3))
+	if (PKT_COPY(btf, &arp, l3))
 		return false;
 	return host4_wanted(arp.spa, arp.tpa);
 }
 
 /* The packet filter of the config, on the headers already located. */
-static __always_inline bool packet_wanted(struct headers *h)
+static __always_inline bool packet_wanted(struct headers *h, bool btf)
 {
 	switch (h->ethertype) {
 	case ETH_P_IP:
 		return !(cfg.proto == PKTPATH_PROTO_ARP || cfg.proto == PKTPATH_PROTO_ICMP6) &&
-		       ipv4_wanted(h->l3);
+		       ipv4_wanted(h->l3, btf);
 	case ETH_P_IPV6:
 		return !(cfg.proto == PKTPATH_PROTO_ARP || cfg.proto == PKTPATH_PROTO_ICMP) &&
-		       ipv6_wanted(h->l3);
+		       ipv6_wanted(h->l3, btf);
 	case ETH_P_ARP:
-		return arp_wanted(h->l3);
+		return arp_wanted(h->l3, btf);
 	default:
 		return !cfg.proto && !cfg.port && !cfg.n_host4 && !cfg.n_host6;
 	}
 }
 
 /* Skip up to two VLAN tags carried in the frame itself (802.1Q, 802.1ad). */
-static __always_inline void skip_vlan_tags(struct headers *h)
+static __always_inline void skip_vlan_tags(struct headers *h, bool btf)
 {
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
-		__u16 tag[2];
+		struct {
+			__u16 tci, ethertype;
+		} tag;
 
 		if (h->ethertype != ETH_P_8021Q && h->ethertype != ETH_P_8021AD)
 			return;
-		if (bpf_probe_read_kernel(tag, sizeof(tag), h->l3))
+		if (PKT_COPY(btf, &tag, h->l3))
 			return;
-		h->ethertype = bpf_ntohs(tag[1]);
+		h->ethertype = bpf_ntohs(tag.ethertype);
 		h->l3 += 4;
 	}
 }
 
-static __always_inline bool ifname_wanted(struct net_device *dev)
+static __always_inline bool ifname_wanted(struct net_device *dev, bool btf)
 {
-	__u64 name[2];
+	struct {
+		__u64 word[2];
+	} name;
 	const volatile __u64 *want = (const volatile __u64 *)cfg.ifname;
 
-	if (bpf_probe_read_kernel(name, sizeof(name), dev->name))
+	if (PKT_COPY(btf, &name, dev->name))
 		return false;
-	return name[0] == want[0] && name[1] == want[1];
+	return name.word[0] == want[0] && name.word[1] == want[1];
+}
+
+static __always_inline __u32 netns_of(struct net_device *dev, bool btf)
+{
+	return btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
 }
 
 static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
-				 struct headers *h, __u32 netns, __u8 hook, bool btf)
+				 struct headers *h, __u8 hook, bool btf)
 {
 	unsigned char *first = h->l2 ? h->l2 : READ(btf, skb, data);
 	unsigned char *head = READ(btf, skb, head);
@@ -268,7 +292,7 @@ static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
 	}
 	e->time_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
-	e->netns = netns;
+	e->netns = netns_of(dev, btf);
 	e->ifindex = READ(btf, dev, ifindex);
 	e->len = READ(btf, skb, len) + (data - first);
 	e->cpu = bpf_get_smp_processor_id();
@@ -296,7 +320,6 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 	struct headers h = {};
 	unsigned char *data;
 	__u16 type;
-	__u32 netns = 0;
 
 	if (!dev)
 		return 0;
@@ -307,8 +330,7 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 	h.ethertype = bpf_ntohs(READ(btf, skb, protocol));
 	if (cfg.proto == PKTPATH_PROTO_ARP && h.ethertype != ETH_P_ARP)
 		return 0;
-	netns = btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	if (cfg.netns && netns != cfg.netns)
+	if (cfg.netns && netns_of(dev, btf) != cfg.netns)
 		return 0;
 
 	data = READ(btf, skb, data);
@@ -325,13 +347,13 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 		}
 	}
 	h.l3 = h.l2 ? h.l2 + ETH_HLEN : data;
-	skip_vlan_tags(&h);
+	skip_vlan_tags(&h, btf);
 
-	if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h))
+	if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h, btf))
 		return 0;
-	if (cfg.ifname[0] && !ifname_wanted(dev))
+	if (cfg.ifname[0] && !ifname_wanted(dev, btf))
 		return 0;
-	emit(skb, dev, &h, netns, hook, btf);
+	emit(skb, dev, &h, hook, btf);
 	return 0;
 }
 

@@ -1,0 +1,25 @@
+# pktpath developer targets. `sudo make deps test` on a fresh Debian machine runs everything.
+PYTHON ?= python3
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make gcc iproute2 iputils-ping iptables \
+	nftables util-linux libcap2-bin
+
+.PHONY: deps bpf test lint bench
+
+deps:  ## install what building and testing need (Debian, as root)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES)
+	$(PYTHON) -m pip install -q --root-user-action=ignore -e '.[test]'
+
+bpf:  ## rebuild the shipped BPF object from bpf/
+	$(MAKE) -C bpf
+
+lint:
+	ruff check .
+	mypy
+
+test: lint  ## the whole suite: shipped object, lint, types, unit and end-to-end tests
+	$(MAKE) -C bpf check
+	$(PYTHON) -m pytest -ra
+
+bench:  ## overhead benchmark (see bench/overhead.py --help)
+	$(PYTHON) bench/overhead.py --modes host-nomatch,port-nomatch,proto-nomatch

@@ -1,0 +1,130 @@
+"""Fixtures: test networks, and a `pktpath trace` run in the background.
+
+End-to-end tests need root, the kernel's BTF, iproute2 and ping. Without them they skip on a
+developer's machine and fail under CI (CI=true), where everything must run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from netlab import Netlab
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip (or under CI fail) unless condition holds."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI must run this test but {what}")
+        pytest.skip(what)
+
+
+@pytest.fixture
+def e2e() -> None:
+    """Requirements of a test with real BPF programs and namespaces."""
+    need(os.geteuid() == 0, "it needs root")
+    need(os.path.exists("/sys/kernel/btf/vmlinux"), "the kernel has no BTF")
+    for tool in ("ip", "ping"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed")
+
+
+@pytest.fixture
+def lab(e2e: None) -> Iterator[Netlab]:
+    """A fresh set of namespaces, removed afterwards whatever happens."""
+    netlab = Netlab()
+    try:
+        yield netlab
+    finally:
+        netlab.cleanup()
+
+
+@dataclass
+class TraceRun:
+    """A `pktpath trace` process: started, waited for 'tracing', then stopped."""
+
+    args: list[str]
+    proc: subprocess.Popen[str] | None = None
+    stderr_lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+    stdout: str = ""
+    returncode: int | None = None
+
+    def start(self, timeout: float = 20) -> TraceRun:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "trace", *self.args],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        ready = threading.Event()
+
+        def read_stderr() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr_lines.append(line.rstrip("\n"))
+                if "tracing" in line:
+                    ready.set()
+            ready.set()
+
+        self.reader = threading.Thread(target=read_stderr, daemon=True)
+        self.reader.start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            raise AssertionError(f"pktpath trace did not start: {self.stderr}")
+        return self
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10) -> TraceRun:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            time.sleep(0.1)
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 10) -> TraceRun:
+        """Wait for the process to end; collect its output."""
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.wait(timeout)
+        self.stdout = self.proc.stdout.read()
+        self.returncode = self.proc.returncode
+        if self.reader:
+            self.reader.join(timeout)
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+@pytest.fixture
+def trace(e2e: None) -> Iterator[Any]:
+    """Start `pktpath trace ARGS...`; every run is stopped at the end of the test."""
+    runs: list[TraceRun] = []
+
+    def start(*args: str) -> TraceRun:
+        run = TraceRun(list(args))
+        runs.append(run)
+        return run.start()
+
+    yield start
+    for run in runs:
+        if run.proc and run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()

@@ -1,0 +1,101 @@
+"""Test networks built with `ip` in namespaces the tests create, removed even on failure.
+
+Every namespace name starts with ``ppt-<pid>-`` so a crashed run's leftovers are recognisable;
+addresses come from 10.200.0.0/16 and fd00:200::/48 only, and no traffic leaves the namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command, raising with its stderr when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class Ns:
+    """A network namespace of the lab."""
+
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @property
+    def inode(self) -> int:
+        return os.stat(self.path).st_ino
+
+    def ip(self, *args: str) -> None:
+        run("ip", "-n", self.name, *args)
+
+    def sh(self, *cmd: str, check: bool = True,
+           timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return run("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+
+
+@dataclass
+class Netlab:
+    """Namespaces, links and addresses for one test."""
+
+    prefix: str = field(default_factory=lambda: f"ppt-{os.getpid()}")
+    spaces: list[Ns] = field(default_factory=list)
+
+    def ns(self, name: str) -> Ns:
+        ns = Ns(f"{self.prefix}-{name}")
+        run("ip", "netns", "add", ns.name)
+        self.spaces.append(ns)
+        ns.ip("link", "set", "lo", "up")
+        ns.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+              "net.ipv6.conf.default.accept_dad=0")
+        return ns
+
+    def veth(self, a: Ns, a_name: str, b: Ns, b_name: str) -> None:
+        run("ip", "-n", a.name, "link", "add", a_name, "type", "veth", "peer", "name", b_name,
+            "netns", b.name)
+        a.ip("link", "set", a_name, "up")
+        b.ip("link", "set", b_name, "up")
+
+    def cleanup(self) -> None:
+        for ns in reversed(self.spaces):
+            run("ip", "netns", "del", ns.name, check=False)
+        self.spaces.clear()
+
+
+@dataclass
+class DockerLike:
+    """The article's network: a host namespace with a bridge, a veth into a container."""
+
+    host: Ns
+    container: Ns
+    bridge: str
+    veth: str
+    host_addr: str
+    container_addr: str
+    host_addr6: str
+    container_addr6: str
+
+
+def docker_like(lab: Netlab, subnet: int) -> DockerLike:
+    """Build the article's topology on 10.200.<subnet>.0/24 and fd00:200:0:<subnet>::/64."""
+    host, container = lab.ns("host"), lab.ns("ctr")
+    host.ip("link", "add", "docker0", "type", "bridge")
+    host.ip("link", "set", "docker0", "up")
+    veth = f"veth{subnet:03d}ab6"
+    lab.veth(host, veth, container, "eth0")
+    host.ip("link", "set", veth, "master", "docker0")
+    h4, c4 = f"10.200.{subnet}.1", f"10.200.{subnet}.2"
+    h6, c6 = f"fd00:200:0:{subnet}::1", f"fd00:200:0:{subnet}::2"
+    host.ip("addr", "add", f"{h4}/24", "dev", "docker0")
+    host.ip("addr", "add", f"{h6}/64", "dev", "docker0", "nodad")
+    container.ip("addr", "add", f"{c4}/24", "dev", "eth0")
+    container.ip("addr", "add", f"{c6}/64", "dev", "eth0", "nodad")
+    return DockerLike(host, container, "docker0", veth, h4, c4, h6, c6)

@@ -1,0 +1,105 @@
+"""The command line as a user meets it: bad input, missing privilege, help, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, need
+from netlab import Netlab
+
+from agent.errors import PktpathError
+from agent.privileges import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, require_btf, require_tracing
+
+
+def pktpath(*args: str, prefix: tuple[str, ...] = (),
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, sys.executable, "-m", "agent", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trace", "--proto", "sctp"], "unknown protocol 'sctp': use icmp, icmp6, tcp, udp or arp"),
+    (["trace", "--host", "10.200.0"], "'10.200.0' is not an IPv4 or IPv6 address"),
+    (["trace", "--port", "99999"], "'99999' is not a port number (1-65535)"),
+    (["trace", "--netns", "no-such-ns"], "unknown network namespace 'no-such-ns'"),
+    (["trace", "--netns", "/no/such/path"], "network namespace path /no/such/path does not exist"),
+    (["trace", "--netns", "/etc/hostname"], "/etc/hostname is not a network namespace file"),
+    (["trace", "--netns", "12345"], "no network namespace has inode 12345"),
+    (["trace", "-i", "nosuch0"], "no interface 'nosuch0' in any network namespace"),
+    (["trace", "-i", "much-too-long-name0"], "is not a valid interface name"),
+    (["trace", "--proto", "icmp", "--port", "80"], "--port applies to tcp and udp, not icmp"),
+    (["trace", "--bogus"], "unrecognized arguments: --bogus"),
+    (["trace", "-c", "0"], "'0' is not a positive number"),
+    (["trace", "--buffer-size", "3M"], "must be a power of two"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(args: list[str], message: str) -> None:
+    proc = pktpath(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pktpath: ") and message in lines[0], lines[0]
+
+
+def test_without_capabilities_it_says_what_it_needs(e2e: None) -> None:
+    need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    proc = pktpath("trace", "--proto", "icmp",
+                   prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"))
+    assert proc.returncode == 1
+    assert proc.stderr == ("pktpath: pktpath needs CAP_BPF and CAP_PERFMON (or root) to trace: "
+                           "run it with sudo\n")
+
+
+def test_capability_rule() -> None:
+    require_tracing(1 << CAP_SYS_ADMIN)
+    require_tracing((1 << CAP_BPF) | (1 << CAP_PERFMON))
+    with pytest.raises(PktpathError, match="needs CAP_BPF and CAP_PERFMON"):
+        require_tracing(1 << CAP_BPF)
+
+
+def test_kernel_without_btf_is_named() -> None:
+    with pytest.raises(PktpathError, match=r"this kernel has no BTF .* CONFIG_DEBUG_INFO_BTF=y"):
+        require_btf("/nonexistent/vmlinux")
+
+
+@pytest.mark.parametrize("command", ["trace", "demo"])
+def test_help_ends_with_examples(command: str) -> None:
+    proc = pktpath(command, "--help")
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].lstrip().startswith("pktpath ")
+
+
+def test_demo_shows_the_article_path_and_removes_everything(e2e: None) -> None:
+    before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    proc = pktpath("demo", "--json", "-c", "2")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    names = [(e["ifname"], {8: "request", 0: "reply"}[e["icmp_type"]]) for e in events]
+    veth = events[1]["ifname"]
+    assert veth.startswith("veth")
+    one_ping = [("docker0", "request"), (veth, "request"), ("eth0", "request"),
+                ("eth0", "reply"), (veth, "reply"), ("docker0", "reply")]
+    assert names == one_ping * 2
+    assert "2 of 2 pings answered" in proc.stderr
+    assert "removed the demo's namespaces" in proc.stderr
+    after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    assert after == before
+
+
+def test_demo_leftovers_of_a_killed_demo_are_removed(e2e: None) -> None:
+    lab = Netlab(prefix="pktpath-demo-999999999")  # a pid that does not exist
+    try:
+        lab.ns("host")
+        proc = pktpath("demo", "-c", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert "removed pktpath-demo-999999999-host, left by a demo that was killed" in proc.stderr
+        assert not os.path.exists("/run/netns/pktpath-demo-999999999-host")
+    finally:
+        lab.cleanup()

@@ -1,0 +1,65 @@
+"""Text lines and JSON objects for hops, on synthetic events."""
+
+from __future__ import annotations
+
+import struct
+
+from test_packet import ECHO, eth, ipv4, ipv6
+
+from agent.event import EVENT_STRUCT, EventFlag, Hook
+from agent.output import json_object, text_line
+from agent.tracer import hop_from_record
+
+
+def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
+           hook: Hook = Hook.NET_DEV_QUEUE, flags: int = EventFlag.L2, protocol: int = 0x0800,
+           vlan_tci: int = 0) -> bytes:
+    return EVENT_STRUCT.pack(
+        123456789, 0xFFFF888012345678, netns, 3, len(frame), 1, len(frame),
+        struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook, flags, b"",
+        ifname.encode(), frame)
+
+
+def test_echo_request_line_is_the_articles() -> None:
+    hop = hop_from_record(record(eth(0x0800) + ipv4(1, ECHO)))
+    assert text_line(hop) == (
+        "[  4026531957]          docker0 request #17146.001 10.200.0.1 -> 10.200.0.2")
+
+
+def test_echo_reply_line() -> None:
+    reply = struct.pack("!BBHHH", 0, 0, 0, 17146, 1)
+    hop = hop_from_record(record(eth(0x0800) + ipv4(1, reply), netns=4026532258, ifname="eth0"))
+    assert text_line(hop) == (
+        "[  4026532258]             eth0   reply #17146.001 10.200.0.1 -> 10.200.0.2")
+
+
+def test_tcp_line_has_ports_and_flags() -> None:
+    tcp = struct.pack("!HHIIBBHHH", 43512, 80, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    hop = hop_from_record(record(eth(0x0800) + ipv4(6, tcp), ifname="eth0"))
+    assert text_line(hop).endswith(" eth0 tcp 10.200.0.1:43512 -> 10.200.0.2:80 [S]")
+
+
+def test_ipv6_udp_line_brackets_addresses() -> None:
+    udp = struct.pack("!HHHH", 5353, 53, 12, 0) + b"abcd"
+    hop = hop_from_record(record(eth(0x86DD) + ipv6(17, udp)))
+    assert text_line(hop).endswith("udp [fd00:200::1]:5353 -> [fd00:200::2]:53 len 4")
+
+
+def test_json_has_the_documented_keys_and_only_those_that_apply() -> None:
+    obj = json_object(hop_from_record(record(eth(0x0800) + ipv4(1, ECHO))))
+    assert obj == {
+        "time_ns": 123456789, "hook": "net_dev_queue", "netns": 4026531957, "ifindex": 3,
+        "ifname": "docker0", "skb": "0xffff888012345678", "cpu": 1, "len": 98,
+        "family": "ipv4", "eth_src": "02:00:00:00:00:01", "eth_dst": "02:00:00:00:00:02",
+        "proto": "icmp", "src": "10.200.0.1", "dst": "10.200.0.2", "ttl": 64,
+        "icmp_type": 8, "icmp_code": 0, "icmp_id": 17146, "icmp_seq": 1,
+    }
+
+
+def test_json_of_a_packet_without_ethernet_with_an_offloaded_vlan_tag() -> None:
+    udp = struct.pack("!HHHH", 1, 2, 8, 0)
+    obj = json_object(hop_from_record(record(
+        ipv4(17, udp), flags=EventFlag.VLAN, vlan_tci=0x2000 | 7, hook=Hook.NETIF_RECEIVE_SKB)))
+    assert obj["hook"] == "netif_receive_skb"
+    assert (obj["vlan"], obj["sport"], obj["dport"]) == (7, 1, 2)
+    assert "eth_src" not in obj and "icmp_type" not in obj
