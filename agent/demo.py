@@ -122,10 +122,13 @@ def _trace_ping(network: DemoNetwork, stop: threading.Event, out: TextIO, err: T
                  f"eth0 {CONTAINER_ADDR}")
     trace_filter = TraceFilter(hosts=(parse_host(CONTAINER_ADDR),), proto=Proto.ICMP)
     rtts: list[float | None] = []
+    finished = threading.Event()  # the pings ran to the end (not interrupted)
 
     def pinger() -> None:
         try:
             rtts.extend(ping(network.host.path, CONTAINER_ADDR, pings, stop=stop))
+            if not stop.is_set():
+                finished.set()
         finally:
             stop.set()
 
@@ -137,6 +140,9 @@ def _trace_ping(network: DemoNetwork, stop: threading.Event, out: TextIO, err: T
         result = run(tracer, stop, out, err, as_json=as_json)
         thread.join()
     answered = sum(rtt is not None for rtt in rtts)
+    if not finished.is_set():
+        message(err, f"interrupted after {len(rtts)} pings")
+        return 0
     message(err, f"{answered} of {len(rtts)} pings answered; each one crossed docker0 and "
                  f"{network.veth} in the host namespace, then eth0 in the container, and back")
     if result.shown == 0:

@@ -59,7 +59,8 @@ class TraceRun:
     args: list[str]
     proc: subprocess.Popen[str] | None = None
     stderr_lines: list[str] = field(default_factory=list)
-    reader: threading.Thread | None = None
+    stdout_chunks: list[str] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list)
     stdout: str = ""
     returncode: int | None = None
 
@@ -78,8 +79,14 @@ class TraceRun:
                     ready.set()
             ready.set()
 
-        self.reader = threading.Thread(target=read_stderr, daemon=True)
-        self.reader.start()
+        def read_stdout() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for chunk in iter(lambda: self.proc.stdout.read(65536), ""):  # type: ignore[union-attr]
+                self.stdout_chunks.append(chunk)
+
+        self.readers = [threading.Thread(target=f, daemon=True) for f in (read_stderr, read_stdout)]
+        for reader in self.readers:
+            reader.start()
         if not ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise AssertionError(f"pktpath trace did not start: {self.stderr}")
@@ -98,12 +105,12 @@ class TraceRun:
 
     def wait(self, timeout: float = 10) -> TraceRun:
         """Wait for the process to end; collect its output."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         self.proc.wait(timeout)
-        self.stdout = self.proc.stdout.read()
+        for reader in self.readers:
+            reader.join(timeout)
+        self.stdout = "".join(self.stdout_chunks)
         self.returncode = self.proc.returncode
-        if self.reader:
-            self.reader.join(timeout)
         return self
 
     def events(self) -> list[dict[str, Any]]:

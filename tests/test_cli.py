@@ -103,3 +103,21 @@ def test_demo_leftovers_of_a_killed_demo_are_removed(e2e: None) -> None:
         assert not os.path.exists("/run/netns/pktpath-demo-999999999-host")
     finally:
         lab.cleanup()
+
+
+def test_demo_interrupted_removes_everything(e2e: None) -> None:
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "-c", "100"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "pinging" in line:
+            break
+    mine = f"pktpath-demo-{proc.pid}-"
+    assert any(n.startswith(mine) for n in os.listdir("/run/netns"))
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=20)
+    assert proc.returncode == 0, rest
+    assert "removed the demo's namespaces" in rest
+    assert not any(n.startswith(mine) for n in os.listdir("/run/netns"))
