@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 missing privilege / kernel feature / failure while tracing
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from typing import NoReturn, TextIO
@@ -25,6 +26,12 @@ examples:
   pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
   pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
   pktpath trace --netns blue --proto udp -c 10     10 UDP packets in `ip netns` blue
+"""
+
+AGENT_EXAMPLES = """\
+examples:
+  NODE_NAME=node-a pktpath agent                 as the DaemonSet runs it
+  pktpath agent --node node-a --host-netns /run/netns/node-a --listen 127.0.0.1:9900
 """
 
 DEMO_EXAMPLES = """\
@@ -96,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(demo)
     demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
                       help="pings to send (default 3)")
+
+    node_agent = sub.add_parser(
+        "agent", help="the Kubernetes node agent (run by the DaemonSet)",
+        description="Watch PacketTrace resources and trace those that concern this node, "
+        "writing this node's hops into their status. Uses the in-cluster service account, "
+        "else $KUBECONFIG.", epilog=AGENT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    node_agent.add_argument("--node", default=os.environ.get("NODE_NAME"),
+                            help="this node's name (default: $NODE_NAME)")
+    node_agent.add_argument("--host-netns", default="/proc/1/ns/net", metavar="PATH",
+                            help="the node's own network namespace (default: /proc/1/ns/net, "
+                            "the host's when the pod shares the host PID namespace)")
+    node_agent.add_argument("--listen", default="0.0.0.0:9900", metavar="HOST:PORT",
+                            help="address of /metrics and /healthz (default 0.0.0.0:9900)")
+    node_agent.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
     return parser
 
 
@@ -138,10 +160,27 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return run_demo(out, err, as_json=args.json, pings=args.count)
 
 
+def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath agent``."""
+    if not args.node:
+        raise UsageError("the agent needs its node name: --node or $NODE_NAME")
+    if not os.path.exists(args.host_netns):
+        raise UsageError(f"the node's network namespace {args.host_netns} does not exist")
+    if ":" not in args.listen or not args.listen.rpartition(":")[2].isdigit():
+        raise UsageError(f"--listen {args.listen!r} is not HOST:PORT")
+    require_tracing()
+    require_btf()
+    from agent.k8s.logs import configure_logging
+    from agent.k8s.operator import run as run_agent
+
+    configure_logging(err)
+    return run_agent(args.node, args.host_netns, args.listen, args.hook_type)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pktpath`` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"trace": cmd_trace, "demo": cmd_demo}
+    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent}
     try:
         return commands[args.command](args, sys.stdout, sys.stderr)
     except UsageError as exc:

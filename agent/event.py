@@ -93,7 +93,8 @@ CONFIG_FIELDS = [
     ("proto", "B"),
     ("n_host4", "B"),
     ("n_host6", "B"),
-    ("pad", "7s"),
+    ("netns_set", "B"),
+    ("pad", "6s"),
 ]
 CONFIG_STRUCT, CONFIG_OFFSETS = _layout(CONFIG_FIELDS)
 

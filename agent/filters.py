@@ -56,6 +56,7 @@ class TraceFilter:
     port: int = 0
     netns: int = 0  # namespace inode
     ifname: str = ""
+    netns_set: bool = False  # only the namespaces put in the probes' netns set
 
     def __post_init__(self) -> None:
         v4 = [h for h in self.hosts if h.version == 4]
@@ -91,6 +92,7 @@ class TraceFilter:
             self.proto,
             len(v4),
             len(v6),
+            self.netns_set,
             b"",
         )
 

@@ -82,6 +82,7 @@ class Probes:
         self._obj: int | None = None
         self._links: list[int] = []
         self._rings: list[tuple[int, object]] = []
+        self._netns: set[int] = set()
         self.report = LoadReport()
 
     def __enter__(self) -> Probes:
@@ -202,6 +203,21 @@ class Probes:
                                 "reading counters")
             result[counter] = sum(values)
         return result
+
+    def set_netns(self, inodes: Iterable[int]) -> None:
+        """Make the netns set exactly inodes (used when the filter has netns_set)."""
+        lib = self._bpf.lib
+        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"netns_set"))
+        wanted = set(inodes)
+        for inode in self._netns - wanted:
+            key = ctypes.c_uint32(inode)
+            lib.bpf_map_delete_elem(fd, ctypes.byref(key))
+        one = ctypes.c_uint8(1)
+        for inode in wanted - self._netns:
+            key = ctypes.c_uint32(inode)
+            ret = lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(one), 0)
+            self._bpf.check_int(ret, "updating the netns set")
+        self._netns = wanted
 
     # -- teardown ------------------------------------------------------------------------
 

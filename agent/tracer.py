@@ -100,6 +100,10 @@ class Tracer:
         batch, self._pending = self._pending, []
         return [hop_from_record(record) for record in batch]
 
+    def set_netns(self, inodes: Iterable[int]) -> None:
+        """Trace only these namespaces (the filter must have netns_set)."""
+        self._probes.set_netns(inodes)
+
     def lost(self) -> int:
         """Wanted packets the kernel could not deliver because the ring buffer was full."""
         return self._probes.counters()[Counter.LOST]

@@ -55,7 +55,8 @@ struct pktpath_config {
 	__u8 proto;                    /* enum pktpath_proto */
 	__u8 n_host4;                  /* entries of host4[] in use */
 	__u8 n_host6;                  /* entries of host6[] in use */
-	__u8 pad[7];
+	__u8 netns_set;                /* only namespaces whose inode is a key of map netns_set */
+	__u8 pad[6];
 };
 
 /* pktpath_config.proto */

@@ -33,6 +33,14 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Namespace inodes to trace when cfg.netns_set: the agent's node and its pods. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} netns_set SEC(".maps");
+
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
@@ -332,6 +340,12 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 		return 0;
 	if (cfg.netns && netns_of(dev, btf) != cfg.netns)
 		return 0;
+	if (cfg.netns_set) {
+		__u32 inode = netns_of(dev, btf);
+
+		if (!bpf_map_lookup_elem(&netns_set, &inode))
+			return 0;
+	}
 
 	data = READ(btf, skb, data);
 	if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) {

@@ -135,3 +135,41 @@ def trace(e2e: None) -> Iterator[Any]:
         if run.proc and run.proc.poll() is None:
             run.proc.kill()
             run.proc.communicate()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real kube-apiserver (with kine) with the CRD and the agent's RBAC applied."""
+    from kubecluster import ApiServer, build_binaries
+
+    need(os.geteuid() == 0, "it needs root")
+    need(shutil.which("go") is not None, "Go is needed to build kube-apiserver")
+    need(shutil.which("openssl") is not None, "openssl is not installed")
+    server = ApiServer(build_binaries(), str(tmp_path_factory.mktemp("apiserver"))).start()
+    try:
+        server.kubectl("apply", "-f", os.path.join(REPO, "manifests", "crd.yaml"),
+                       "-f", os.path.join(REPO, "manifests", "rbac.yaml"))
+        server.kubectl("wait", "--for=condition=established", "--timeout=60s",
+                       "crd/packettraces.pktpath.dev")
+        server.agent_kubeconfig = server.token_kubeconfig("pktpath-system", "pktpath-agent")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def agents(cluster: Any, tmp_path: Any) -> Iterator[Any]:
+    """Start `pktpath agent` processes for nodes; all stopped at the end of the test."""
+    from kubecluster import AgentProcess
+
+    started: list[AgentProcess] = []
+
+    def start(node: str, host_netns: str) -> AgentProcess:
+        agent = AgentProcess(node, host_netns, cluster.agent_kubeconfig,
+                             str(tmp_path / f"agent-{node}.log")).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()

@@ -99,3 +99,57 @@ def docker_like(lab: Netlab, subnet: int) -> DockerLike:
     container.ip("addr", "add", f"{c4}/24", "dev", "eth0")
     container.ip("addr", "add", f"{c6}/64", "dev", "eth0", "nodad")
     return DockerLike(host, container, "docker0", veth, h4, c4, h6, c6)
+
+
+@dataclass
+class Node:
+    """A simulated Kubernetes node: a namespace with bridge cni0 for its pods' veths."""
+
+    ns: Ns
+    name: str
+    subnet: int  # pods get 10.200.<subnet>.0/24, the bridge .1
+    pods: dict[str, Ns] = field(default_factory=dict)
+    veths: dict[str, str] = field(default_factory=dict)  # pod -> node-side veth
+
+    @property
+    def gateway(self) -> str:
+        return f"10.200.{self.subnet}.1"
+
+
+def k8s_node(lab: Netlab, name: str, subnet: int) -> Node:
+    """A node namespace with cni0 (10.200.<subnet>.1/24) and forwarding on."""
+    ns = lab.ns(name)
+    ns.ip("link", "add", "cni0", "type", "bridge")
+    ns.ip("addr", "add", f"10.200.{subnet}.1/24", "dev", "cni0")
+    ns.ip("link", "set", "cni0", "up")
+    ns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    return Node(ns, name, subnet)
+
+
+def k8s_pod(lab: Netlab, node: Node, name: str, host: int) -> str:
+    """A pod namespace on node, eth0 at 10.200.<subnet>.<host>; returns its IP."""
+    pod = lab.ns(f"{node.name}-{name}")
+    veth = f"veth{node.subnet:02x}{host:02x}{len(node.pods):02x}"
+    lab.veth(node.ns, veth, pod, "eth0")
+    node.ns.ip("link", "set", veth, "master", "cni0")
+    ip = f"10.200.{node.subnet}.{host}"
+    pod.ip("addr", "add", f"{ip}/24", "dev", "eth0")
+    pod.ip("route", "add", "default", "via", node.gateway)
+    node.pods[name] = pod
+    node.veths[name] = veth
+    return ip
+
+
+def vxlan_join(lab: Netlab, a: Node, b: Node) -> None:
+    """Join two nodes as flannel's vxlan backend does: an underlay veth, flannel.1 on top."""
+    lab.veth(a.ns, "eth0", b.ns, "eth0")
+    a.ns.ip("addr", "add", "10.200.250.1/24", "dev", "eth0")
+    b.ns.ip("addr", "add", "10.200.250.2/24", "dev", "eth0")
+    for node, local, remote, overlay in ((a, "10.200.250.1", "10.200.250.2", "10.200.251.1"),
+                                         (b, "10.200.250.2", "10.200.250.1", "10.200.251.2")):
+        node.ns.ip("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", local,
+                   "remote", remote, "dstport", "8472", "dev", "eth0")
+        node.ns.ip("addr", "add", f"{overlay}/24", "dev", "flannel.1")
+        node.ns.ip("link", "set", "flannel.1", "up")
+    a.ns.ip("route", "add", f"10.200.{b.subnet}.0/24", "via", "10.200.251.2")
+    b.ns.ip("route", "add", f"10.200.{a.subnet}.0/24", "via", "10.200.251.1")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build the test Kubernetes API server and its store (kine, SQLite) from the Go module proxy.
+# Build the test Kubernetes API server, a kubectl of the same version, and the store (kine,
+# SQLite) from the Go module proxy.
 #
 # Usage: tests/k8s/build-apiserver.sh [CACHE_DIR]
-# Prints nothing but progress on stderr; the binaries land in CACHE_DIR/<version>/ and are
-# reused when already there (a cold build takes 15-30 minutes on 2 cores).
+# Progress goes to stderr; the binaries land in CACHE_DIR/kube-<version>/, whose path is printed
+# on stdout, and are reused when already there (a cold build takes 5-30 minutes on 2 cores).
 set -euo pipefail
 K=${KUBE_VERSION:-v1.37.2}
 KINE=${KINE_VERSION:-v0.17.5}
@@ -12,8 +13,10 @@ OUT="$CACHE/kube-$K"
 mkdir -p "$OUT"
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
-if [ ! -x "$OUT/kube-apiserver" ]; then
-  echo "building kube-apiserver $K into $OUT (first time only, 15-30 min)..." >&2
+missing=""
+for b in kube-apiserver kubectl; do [ -x "$OUT/$b" ] || missing="$missing $b"; done
+if [ -n "$missing" ]; then
+  echo "building$missing $K into $OUT (first time only, 5-30 min)..." >&2
   S=v0.${K#v1.}
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -27,14 +30,16 @@ if [ ! -x "$OUT/kube-apiserver" ]; then
     echo "kubernetes $K has replace lines besides its staging modules: add them here" >&2
     exit 1
   fi
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$K" >&2
+  for b in $missing; do go get "k8s.io/kubernetes/cmd/$b@$K" >&2; done
   minor=${K#v1.}; minor=${minor%%.*}
   LD="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LD="$LD -X $p.gitVersion=$K -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  go build -p 2 -trimpath -ldflags "$LD" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
+  for b in $missing; do
+    go build -p 2 -trimpath -ldflags "$LD" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+    mv "$OUT/$b.tmp" "$OUT/$b"
+  done
   cd / && rm -rf "$work"
 fi
 

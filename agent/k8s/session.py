@@ -1,0 +1,301 @@
+"""One PacketTrace on one node: trace, probe, and write this node's part of the status.
+
+A session runs on its own thread. It attaches the tracing core filtered on the trace's two
+addresses and on this node's namespaces, sends the probes when the source pod is here, writes
+its part (batched, at most every WRITE_EVERY seconds) and the merged view, and ends at the
+timeout, when the probes are done (here or, seen in the status, on the source pod's node), or
+at once when stopped (the trace was deleted, or the agent is shutting down).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.event import Proto
+from agent.filters import TraceFilter
+from agent.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
+from agent.k8s.podmap import NodeNamespaces
+from agent.k8s.spec import TraceSpec
+from agent.k8s.status import Ends, merge, node_part, parse_time
+from agent.probing import Prober
+from agent.tracer import Hop, Tracer
+
+log = logging.getLogger("pktpath.agent")
+
+WRITE_EVERY = 0.5  # seconds between status writes while hops come in
+REPLY_WAIT = 1.0  # seconds to wait for the last probe's reply
+GRACE = 1.0  # seconds a non-probing node keeps tracing after the probes are done
+REFRESH_EVERY = 2.0  # seconds between looks for new pods on this node
+ECHO_REQUEST = {8, 128}
+ECHO_REPLY = {0, 129}
+
+
+class Counters(Protocol):
+    """What a session reports to the agent's metrics."""
+
+    def add(self, name: str, value: int = 1) -> None: ...
+
+
+@dataclass
+class AgentContext:
+    """What every session of an agent shares."""
+
+    kube: Kube
+    node: str
+    namespaces: NodeNamespaces
+    metrics: Counters
+    hook_type: str = "auto"
+
+
+def manager(node: str) -> str:
+    """The field manager of a node's part of the status."""
+    return f"pktpath-agent-{node}"
+
+
+def write_merged(ctx: AgentContext, namespace: str, name: str, spec: TraceSpec | None,
+                 ends: Ends | None, invalid: str | None = None) -> dict[str, Any] | None:
+    """Recompute and apply the merged view from the latest object; retry on conflicts."""
+    for _ in range(8):
+        body = ctx.kube.get_trace(namespace, name)
+        if body is None:
+            return None
+        merged = merge(body, spec, ends, invalid)
+        try:
+            result = ctx.kube.apply_status(namespace, name, merged.status, MERGE_MANAGER,
+                                           body["metadata"]["resourceVersion"])
+        except Conflict:
+            continue
+        ctx.metrics.add("status_writes")
+        if merged.finished and (body.get("status") or {}).get("phase") not in (
+                "Succeeded", "Failed"):
+            reason = "Finished" if merged.status["phase"] == "Succeeded" else "Failed"
+            ctx.kube.event(body, reason, f"{merged.status['phase']}: {merged.status['result']}",
+                           "Normal" if reason == "Finished" else "Warning")
+        return result
+    log.warning("gave up merging the status of %s/%s after repeated conflicts", namespace, name)
+    return None
+
+
+class TraceSession(threading.Thread):
+    """One PacketTrace traced on this node."""
+
+    def __init__(self, ctx: AgentContext, body: Mapping[str, Any], spec: TraceSpec, ends: Ends,
+                 resume: Mapping[str, Any] | None = None) -> None:
+        meta = body["metadata"]
+        super().__init__(name=f"trace:{meta['namespace']}/{meta['name']}", daemon=True)
+        self.ctx, self.spec, self.ends = ctx, spec, ends
+        self.namespace, self.trace_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.stop_flag = threading.Event()
+        self._body = body
+        self._body_lock = threading.Lock()
+        self._resume = dict(resume or {})
+        self.hops: list[dict[str, Any]] = list(self._resume.get("hops") or [])
+        self.probes_sent = int(self._resume.get("probesSent", 0))
+        self.started_at = self._resume.get("startedAt") or now_rfc3339()
+        self._clock_offset = time.time_ns() - time.monotonic_ns()  # kernel time -> wall time
+        self._flows: dict[tuple[Any, ...], int] = {}
+        self.prober: Prober | None = None
+
+    # -- called from the operator's threads ----------------------------------------------
+
+    def observe(self, body: Mapping[str, Any]) -> None:
+        """A newer version of the trace arrived."""
+        with self._body_lock:
+            self._body = body
+
+    def stop(self) -> None:
+        """End at once (no more writes)."""
+        self.stop_flag.set()
+
+    # -- the session ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.ctx.metrics.add("traces_running")
+        try:
+            self._run()
+        except Exception as exc:
+            log.exception("trace %s/%s failed on node %s", self.namespace, self.trace_name,
+                          self.ctx.node)
+            if not self.stop_flag.is_set():
+                self._write_part("Failed", message=f"{type(exc).__name__}: {exc}")
+                write_merged(self.ctx, self.namespace, self.trace_name, self.spec, self.ends)
+        finally:
+            self.ctx.metrics.add("traces_running", -1)
+            if self.prober:
+                self.prober.close()
+
+    def _filter(self) -> TraceFilter:
+        hosts = tuple(ipaddress.ip_address(ip) for ip in
+                      {self.ends.source_ip, self.ends.destination_ip})
+        v6 = hosts[0].version == 6
+        proto = {"icmp": Proto.ICMP6 if v6 else Proto.ICMP, "tcp": Proto.TCP,
+                 "udp": Proto.UDP}[self.spec.protocol]
+        return TraceFilter(hosts=hosts, proto=proto, port=self.spec.port, netns_set=True)
+
+    def _run(self) -> None:
+        ctx = self.ctx
+        status = self._body.get("status") or {}
+        deadline = (parse_time(status.get("startTime")) or time.time()) + self.spec.timeout
+        self._refresh_namespaces()
+        with Tracer(self._filter(), hook_type=ctx.hook_type) as tracer:
+            tracer.set_netns(ctx.namespaces.inodes())
+            hook_type = tracer.report.attached[0].hook_type or ""
+            ctx.metrics.add("programs_attached", len(tracer.report.attached))
+            try:
+                self._trace(tracer, deadline, hook_type)
+            finally:
+                ctx.metrics.add("programs_attached", -len(tracer.report.attached))
+                ctx.metrics.add("events_lost", tracer.lost())
+
+    def _trace(self, tracer: Tracer, deadline: float, hook_type: str) -> None:
+        ctx = self.ctx
+        if self._write_part("Running", hook_type=hook_type) is None:
+            return  # deleted meanwhile
+        if not self._resume:
+            places = len(ctx.namespaces.inodes())
+            ctx.kube.event(self._body, "NodeJoined",
+                           f"node {ctx.node} is tracing ({places} network namespaces)")
+        write_merged(ctx, self.namespace, self.trace_name, self.spec, self.ends)
+        probing = self._start_probing(deadline)
+        finish_at: float | None = None
+        last_write = last_refresh = time.monotonic()
+        dirty = False
+        while not self.stop_flag.is_set():
+            for hop in tracer.poll(100):
+                dirty |= self._record(hop)
+            now = time.monotonic()
+            if time.time() >= deadline:
+                break
+            if finish_at is None:
+                finish_at = self._finish_time(probing)
+            elif now >= finish_at:
+                break
+            if now - last_refresh >= REFRESH_EVERY:
+                last_refresh = now
+                if self._refresh_namespaces():
+                    tracer.set_netns(ctx.namespaces.inodes())
+            if dirty and now - last_write >= WRITE_EVERY:
+                self._write_part("Running", hook_type=hook_type, tracer=tracer)
+                write_merged(ctx, self.namespace, self.trace_name, self.spec, self.ends)
+                dirty, last_write = False, now
+        if self.stop_flag.is_set():
+            return
+        for hop in tracer.drain():
+            self._record(hop)
+        self._write_part("Done", hook_type=hook_type, tracer=tracer)
+        write_merged(ctx, self.namespace, self.trace_name, self.spec, self.ends)
+
+    def _finish_time(self, probing: threading.Thread | None) -> float | None:
+        """When to stop, once that is known: after the probes and their replies."""
+        if not self.spec.probe_count:
+            return None
+        if probing is not None:
+            return None if probing.is_alive() else time.monotonic() + REPLY_WAIT
+        with self._body_lock:
+            parts = (self._body.get("status") or {}).get("nodes") or []
+        source = self.ends.source_node
+        if any(p.get("node") == source and p.get("probesDone") for p in parts):
+            return time.monotonic() + GRACE
+        return None
+
+    # -- probes --------------------------------------------------------------------------
+
+    def _start_probing(self, deadline: float) -> threading.Thread | None:
+        pod = self.ends.source_pod
+        if not self.spec.probe_count or pod is None or pod.node != self.ctx.node:
+            return None
+        path = self.ctx.namespaces.path_of(pod)
+        if path is None:
+            raise RuntimeError(f"the network namespace of source pod {pod.ref} was not found "
+                               f"on node {self.ctx.node}")
+        self.prober = Prober(path, self.ends.destination_ip, self.spec.protocol, self.spec.port,
+                             ident=int(self.uid.replace("-", "")[:8], 16) & 0xFFFF)
+        thread = threading.Thread(target=self._probe, args=(deadline,), daemon=True,
+                                  name=f"probe:{self.trace_name}")
+        thread.start()
+        return thread
+
+    def _probe(self, deadline: float) -> None:
+        assert self.prober is not None
+        while self.probes_sent < self.spec.probe_count and not self.stop_flag.is_set():
+            if time.time() >= deadline:
+                break
+            self.prober.send(self.probes_sent + 1)
+            self.probes_sent += 1
+            self.ctx.metrics.add("probes_sent")
+            if self.probes_sent < self.spec.probe_count:
+                self.stop_flag.wait(self.spec.probe_interval)
+
+    # -- hops ----------------------------------------------------------------------------
+
+    def _record(self, hop: Hop) -> bool:
+        """Keep a hop that belongs to this trace on this node; True when kept."""
+        self.ctx.metrics.add("events_seen")
+        place = self.ctx.namespaces.place(hop.event.netns)
+        identity = self._identity(hop)
+        if place is None or identity is None:
+            return False
+        probe, direction = identity
+        self.hops.append({
+            "node": place.node, "pod": place.pod or "", "netns": place.netns,
+            "netnsInode": place.inode, "interface": hop.event.ifname, "direction": direction,
+            "hook": hop.hook.tracepoint if hop.hook else str(hop.event.hook), "probe": probe,
+            "timeNs": hop.event.time_ns + self._clock_offset,
+        })
+        return True
+
+    def _identity(self, hop: Hop) -> tuple[int, str] | None:
+        """(probe or packet number, direction) of a hop, or None when it is not ours."""
+        p = hop.packet
+        if p.src == self.ends.source_ip and p.dst == self.ends.destination_ip:
+            direction = "request"
+        elif p.src == self.ends.destination_ip and p.dst == self.ends.source_ip:
+            direction = "reply"
+        else:
+            return None
+        if self.spec.probe_count:
+            if self.spec.protocol == "icmp":
+                echo = ECHO_REQUEST if direction == "request" else ECHO_REPLY
+                ident = int(self.uid.replace("-", "")[:8], 16) & 0xFFFF
+                if p.icmp_type in echo and p.icmp_id == ident and p.icmp_seq:
+                    return p.icmp_seq, direction
+                return None
+            if self.prober is not None:  # this node sends the probes: match source ports
+                found = self.prober.probe_of(p.sport, p.dport, None, None)
+                return (found[0], direction) if found else None
+        if p.icmp_seq is not None:
+            return p.icmp_seq, direction
+        flow = (p.proto, *sorted([(p.src, p.sport), (p.dst, p.dport)], key=str))
+        return self._flows.setdefault(flow, len(self._flows) + 1), direction
+
+    # -- status --------------------------------------------------------------------------
+
+    def _refresh_namespaces(self) -> bool:
+        """Look for this node's pods again; True when the namespace set changed."""
+        before = self.ctx.namespaces.inodes()
+        self.ctx.namespaces.refresh(self.ctx.kube.pods_on_node(self.ctx.node))
+        return self.ctx.namespaces.inodes() != before
+
+    def _write_part(self, phase: str, *, message: str = "", hook_type: str = "",
+                    tracer: Tracer | None = None) -> dict[str, Any] | None:
+        seen = lost = 0
+        if tracer is not None:
+            counters = tracer.counters()
+            seen, lost = sum(counters.values()), tracer.lost()
+        done = self.prober is not None and self.probes_sent >= self.spec.probe_count
+        part = node_part(self.ctx.node, phase, self.hops, probes_sent=self.probes_sent,
+                         probes_done=done or (phase == "Done" and self.prober is not None),
+                         seen=seen, lost=lost, message=message, hook_type=hook_type,
+                         started_at=self.started_at)
+        result = self.ctx.kube.apply_status(self.namespace, self.trace_name, {"nodes": [part]},
+                                            manager(self.ctx.node))
+        self.ctx.metrics.add("status_writes")
+        if result is not None:
+            self.observe(result)
+        return result

@@ -1,0 +1,86 @@
+"""A PacketTrace spec, checked beyond what the CRD schema can say."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m)$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+class SpecError(ValueError):
+    """The spec cannot be traced; the message says why, for the status condition."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration like ``30s``, ``200ms`` or ``2m``."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise SpecError(f"{text!r} is not a duration like 30s, 200ms or 2m")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One end of a trace: a pod (namespace/name) or an IP."""
+
+    pod: str | None = None
+    namespace: str | None = None
+    ip: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.pod}" if self.pod else str(self.ip)
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """What a PacketTrace asks for."""
+
+    source: Endpoint
+    destination: Endpoint
+    protocol: str = "icmp"
+    port: int = 0
+    probe_count: int = 0  # 0: only watch
+    probe_interval: float = 1.0
+    timeout: float = 30.0
+
+
+def _endpoint(raw: Any, default_namespace: str, what: str) -> Endpoint:
+    if not isinstance(raw, Mapping) or bool(raw.get("pod")) == bool(raw.get("ip")):
+        raise SpecError(f"spec.{what} needs exactly one of pod or ip")
+    if raw.get("ip"):
+        try:
+            ip = str(ipaddress.ip_address(str(raw["ip"])))
+        except ValueError:
+            raise SpecError(f"spec.{what}.ip {raw['ip']!r} is not an IP address") from None
+        return Endpoint(ip=ip)
+    return Endpoint(pod=str(raw["pod"]), namespace=str(raw.get("namespace") or default_namespace))
+
+
+def parse_spec(spec: Mapping[str, Any], namespace: str) -> TraceSpec:
+    """The trace a spec asks for; raises SpecError with a sentence for the status."""
+    protocol = str(spec.get("protocol", "icmp"))
+    if protocol not in ("icmp", "tcp", "udp"):
+        raise SpecError(f"spec.protocol {protocol!r} is not icmp, tcp or udp")
+    port = int(spec.get("port") or 0)
+    if protocol == "icmp" and port:
+        raise SpecError("spec.port is not allowed with icmp")
+    if protocol != "icmp" and not 0 < port < 65536:
+        raise SpecError(f"spec.port (1-65535) is required with {protocol}")
+    probe = spec.get("probe") or {}
+    count = int(probe.get("count", 0))
+    if count < 0:
+        raise SpecError("spec.probe.count must be positive")
+    return TraceSpec(
+        source=_endpoint(spec.get("source"), namespace, "source"),
+        destination=_endpoint(spec.get("destination"), namespace, "destination"),
+        protocol=protocol,
+        port=port,
+        probe_count=count,
+        probe_interval=parse_duration(str(probe.get("interval", "1s"))),
+        timeout=parse_duration(str(spec.get("timeout", "30s"))),
+    )

@@ -1,0 +1,177 @@
+"""End-to-end: PacketTraces against a real API server, agents per simulated node, real BPF.
+
+Each test asserts what `kubectl get ... -o json` shows a cluster operator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import pytest
+from netlab import Netlab, k8s_node, k8s_pod, vxlan_join
+
+_namespaces = itertools.count(1)
+
+
+def fresh_namespace(cluster: Any) -> str:
+    """A namespace of its own for each test (deleted ones would stay Terminating here)."""
+    name = f"shop-{int(time.time()) % 100000}-{next(_namespaces)}"
+    cluster.namespace(name)
+    return name
+
+
+def packet_trace(name: str, namespace: str, source: dict[str, Any], destination: dict[str, Any],
+                 **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "pktpath.dev/v1alpha1", "kind": "PacketTrace",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"source": source, "destination": destination, **spec}}
+
+
+def wait_phase(cluster: Any, namespace: str, name: str, phases: tuple[str, ...],
+               timeout: float = 40) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = cluster.get("packettrace", name, "-n", namespace)
+        if (body.get("status") or {}).get("phase") in phases:
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"{name} never reached {phases}: {json.dumps(body.get('status'))}")
+
+
+def path_of(body: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [(h["node"], h["netns"], h["interface"], h["direction"])
+            for h in body["status"]["path"]]
+
+
+def events_of(cluster: Any, namespace: str, name: str) -> list[str]:
+    events = cluster.get("events", "-n", namespace,
+                         "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["reason"] for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])]
+
+
+def test_pod_to_pod_on_one_node(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns = fresh_namespace(cluster)
+    node = k8s_node(lab, "node-a", 61)
+    web, db = k8s_pod(lab, node, "web-0", 10), k8s_pod(lab, node, "db-1", 11)
+    cluster.node("node-a")
+    cluster.pod(ns, "web-0", "node-a", web)
+    cluster.pod(ns, "db-1", "node-a", db)
+    agent = agents("node-a", node.ns.path)
+
+    cluster.apply(packet_trace("web-to-db", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 3, "interval": "200ms"}, timeout="20s"))
+    body = wait_phase(cluster, ns, "web-to-db", ("Succeeded", "Failed"))
+
+    status = body["status"]
+    assert status["phase"] == "Succeeded", status
+    vw, vd = node.veths["web-0"], node.veths["db-1"]
+    assert path_of(body) == [
+        ("node-a", f"{ns}/web-0", "eth0", "request"), ("node-a", "host", vw, "request"),
+        ("node-a", "host", vd, "request"), ("node-a", f"{ns}/db-1", "eth0", "request"),
+        ("node-a", f"{ns}/db-1", "eth0", "reply"), ("node-a", "host", vd, "reply"),
+        ("node-a", "host", vw, "reply"), ("node-a", f"{ns}/web-0", "eth0", "reply")]
+    assert status["path"][0]["sinceNs"] == 0
+    assert [h["sinceNs"] for h in status["path"]] == sorted(h["sinceNs"] for h in status["path"])
+    assert status["result"] == "delivered (3/3 probes answered)"
+    assert status["hops"] == 8
+    assert (status["from"], status["to"]) == (f"{ns}/web-0 ({web})", f"{ns}/db-1 ({db})")
+    assert [(r["interface"], r["seen"], r["sent"], r["loss"]) for r in status["summary"]][:2] == [
+        ("eth0", 3, 3, "0.0%"), (vw, 3, 3, "0.0%")]
+    assert [p["node"] for p in status["nodes"]] == ["node-a"]
+    assert status["nodes"][0]["probesSent"] == 3
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Valid": "True", "Complete": "True"}
+
+    table = cluster.kubectl("get", "packettraces", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SOURCE", "DESTINATION", "PHASE", "HOPS", "RESULT", "AGE"]
+    assert table[1].split()[:8] == ["web-to-db", f"{ns}/web-0", f"({web})", f"{ns}/db-1",
+                                    f"({db})", "Succeeded", "8", "delivered"]
+    assert events_of(cluster, ns, "web-to-db") == ["NodeJoined", "Finished"]
+    metrics = agent.metrics()
+    assert metrics["pktpath_probes_sent_total"] == 3
+    assert metrics["pktpath_traces_running"] == 0
+    assert metrics["pktpath_programs_attached"] == 0
+
+
+def test_pod_to_pod_across_two_nodes_over_vxlan(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns = fresh_namespace(cluster)
+    a, b = k8s_node(lab, "node-a", 62), k8s_node(lab, "node-b", 63)
+    vxlan_join(lab, a, b)
+    web, db = k8s_pod(lab, a, "web-0", 10), k8s_pod(lab, b, "db-1", 10)
+    for node in ("node-a", "node-b"):
+        cluster.node(node)
+    cluster.pod(ns, "web-0", "node-a", web)
+    cluster.pod(ns, "db-1", "node-b", db)
+    agents("node-a", a.ns.path)
+    agents("node-b", b.ns.path)
+
+    cluster.apply(packet_trace("web-to-db", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 2, "interval": "200ms"}, timeout="20s"))
+    body = wait_phase(cluster, ns, "web-to-db", ("Succeeded", "Failed"))
+
+    status = body["status"]
+    assert status["phase"] == "Succeeded", status
+    va, vb = a.veths["web-0"], b.veths["db-1"]
+    assert path_of(body) == [
+        ("node-a", f"{ns}/web-0", "eth0", "request"), ("node-a", "host", va, "request"),
+        ("node-a", "host", "cni0", "request"), ("node-a", "host", "flannel.1", "request"),
+        ("node-b", "host", "flannel.1", "request"), ("node-b", "host", "cni0", "request"),
+        ("node-b", "host", vb, "request"), ("node-b", f"{ns}/db-1", "eth0", "request"),
+        ("node-b", f"{ns}/db-1", "eth0", "reply"), ("node-b", "host", vb, "reply"),
+        ("node-b", "host", "cni0", "reply"), ("node-b", "host", "flannel.1", "reply"),
+        ("node-a", "host", "flannel.1", "reply"), ("node-a", "host", "cni0", "reply"),
+        ("node-a", "host", va, "reply"), ("node-a", f"{ns}/web-0", "eth0", "reply")]
+    assert status["result"] == "delivered (2/2 probes answered)"
+    assert sorted(p["node"] for p in status["nodes"]) == ["node-a", "node-b"]
+    assert all(p["phase"] == "Done" for p in status["nodes"])
+    parts = {p["node"]: p for p in status["nodes"]}
+    assert {h["node"] for h in parts["node-b"]["hops"]} == {"node-b"}, "each agent its own hops"
+    full = cluster.get("packettrace", "web-to-db", "-n", ns, "--show-managed-fields")
+    managers = {m["manager"] for m in full["metadata"]["managedFields"]}
+    assert {"pktpath-agent-node-a", "pktpath-agent-node-b", "pktpath-merge"} <= managers
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"source": {"pod": "web-0", "ip": "10.200.1.1"}, "destination": {"pod": "db-1"}},
+     "give exactly one of pod or ip"),
+    ({"source": {"pod": "web-0"}, "destination": {"ip": "10.200.1.300"}},
+     "must be an IPv4 or IPv6 address"),
+    ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "protocol": "sctp"},
+     'Unsupported value: "sctp"'),
+    ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "protocol": "tcp"},
+     "port is required for tcp and udp, and not allowed for icmp"),
+    ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "timeout": "soon"},
+     "spec.timeout in body should match"),
+    ({"source": {"pod": "web-0"}}, "spec.destination: Required value"),
+    ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "probe": {"count": 0}},
+     "spec.probe.count in body should be greater than or equal to 1"),
+])
+def test_invalid_spec_is_rejected_by_the_schema(cluster: Any, spec: dict[str, Any],
+                                                message: str) -> None:
+    body = {"apiVersion": "pktpath.dev/v1alpha1", "kind": "PacketTrace",
+            "metadata": {"name": "bad", "namespace": "default"}, "spec": spec}
+    proc = cluster.apply(body, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_missing_pod_ends_failed_with_a_condition(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns = fresh_namespace(cluster)
+    node = k8s_node(lab, "node-a", 64)
+    web = k8s_pod(lab, node, "web-0", 10)
+    cluster.node("node-a")
+    cluster.pod(ns, "web-0", "node-a", web)
+    agents("node-a", node.ns.path)
+
+    cluster.apply(packet_trace("to-nowhere", ns, {"pod": "web-0"}, {"pod": "db-9"},
+                               probe={"count": 1}))
+    body = wait_phase(cluster, ns, "to-nowhere", ("Failed",))
+    valid = next(c for c in body["status"]["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert valid["message"] == f"destination pod {ns}/db-9 does not exist"
+    assert body["status"]["result"] == f"invalid: destination pod {ns}/db-9 does not exist"
+    assert "InvalidSpec" in events_of(cluster, ns, "to-nowhere")
