@@ -175,3 +175,70 @@ def test_missing_pod_ends_failed_with_a_condition(cluster: Any, agents: Any, lab
     assert valid["message"] == f"destination pod {ns}/db-9 does not exist"
     assert body["status"]["result"] == f"invalid: destination pod {ns}/db-9 does not exist"
     assert "InvalidSpec" in events_of(cluster, ns, "to-nowhere")
+
+
+def one_node_with_two_pods(cluster: Any, lab: Netlab, subnet: int) -> tuple[str, Any]:
+    ns = fresh_namespace(cluster)
+    node = k8s_node(lab, "node-a", subnet)
+    cluster.node("node-a")
+    cluster.pod(ns, "web-0", "node-a", k8s_pod(lab, node, "web-0", 10))
+    cluster.pod(ns, "db-1", "node-a", k8s_pod(lab, node, "db-1", 11))
+    return ns, node
+
+
+def wait_for(what: str, check: Any, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def probes_sent(cluster: Any, ns: str, name: str) -> int:
+    parts = (cluster.get("packettrace", name, "-n", ns).get("status") or {}).get("nodes") or []
+    return sum(int(p.get("probesSent", 0)) for p in parts)
+
+
+def test_deleting_a_running_trace_stops_its_probes_at_once(cluster: Any, agents: Any,
+                                                          lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 65)
+    agent = agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("long", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 500, "interval": "100ms"}, timeout="60s"))
+    wait_for("probes", lambda: probes_sent(cluster, ns, "long") >= 3)
+    assert agent.metrics()["pktpath_programs_attached"] == 2
+
+    cluster.kubectl("delete", "packettrace", "long", "-n", ns)
+    wait_for("the session to end", lambda: agent.metrics()["pktpath_traces_running"] == 0, 5)
+    sent = agent.metrics()["pktpath_probes_sent_total"]
+    time.sleep(1)
+    metrics = agent.metrics()
+    assert metrics["pktpath_probes_sent_total"] == sent, "no probe after the delete"
+    assert metrics["pktpath_programs_attached"] == 0
+    assert sent < 100
+
+
+def test_agent_killed_mid_trace_resumes_and_finishes(cluster: Any, agents: Any,
+                                                     lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 66)
+    first = agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("resume", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 12, "interval": "250ms"}, timeout="30s"))
+    wait_for("probes", lambda: probes_sent(cluster, ns, "resume") >= 3)
+    first.stop(kill=True)
+    before = probes_sent(cluster, ns, "resume")
+    assert before < 12
+    assert cluster.get("packettrace", "resume", "-n", ns)["status"]["phase"] == "Running"
+
+    agents("node-a", node.ns.path)
+    body = wait_phase(cluster, ns, "resume", ("Succeeded", "Failed"), timeout=40)
+    status = body["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["nodes"][0]["probesSent"] == 12
+    assert status["result"] in ("delivered (12/12 probes answered)", "11/12 probes answered",
+                                "10/12 probes answered"), status["result"]
+    probes = {h["probe"] for h in status["nodes"][0]["hops"]}
+    assert {1, 12} <= probes, "hops from before and after the restart"
+    assert status["hops"] == 8

@@ -243,7 +243,7 @@ class TraceSession(threading.Thread):
             return False
         probe, direction = identity
         self.hops.append({
-            "node": place.node, "pod": place.pod or "", "netns": place.netns,
+            "node": place.node, **({"pod": place.pod} if place.pod else {}), "netns": place.netns,
             "netnsInode": place.inode, "interface": hop.event.ifname, "direction": direction,
             "hook": hop.hook.tracepoint if hop.hook else str(hop.event.hook), "probe": probe,
             "timeNs": hop.event.time_ns + self._clock_offset,

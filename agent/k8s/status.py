@@ -71,8 +71,15 @@ def _rank(node: str, ends: Ends) -> int:
 
 
 def order_probe(hops: Iterable[Mapping[str, Any]], ends: Ends) -> list[dict[str, Any]]:
-    """The hops of one probe in path order, each with since/sinceNs from its first hop."""
-    hops = list(hops)
+    """The hops of one probe in path order, each with since/sinceNs from its first hop.
+
+    A place seen twice for one probe (a probe sent again after an agent restart) counts once:
+    its first sighting.
+    """
+    first_seen: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for hop in sorted(hops, key=lambda h: h["timeNs"]):
+        first_seen.setdefault((*_position(hop), hop.get("hook")), hop)
+    hops = list(first_seen.values())
     requests = sorted((h for h in hops if h.get("direction") == "request"),
                       key=lambda h: (_rank(h["node"], ends), h["timeNs"]))
     replies = sorted((h for h in hops if h.get("direction") == "reply"),

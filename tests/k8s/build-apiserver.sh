@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the test Kubernetes API server, a kubectl of the same version, and the store (kine,
-# SQLite) from the Go module proxy.
+# Build the test Kubernetes API server, a kubectl of the same version, the store (kine,
+# SQLite) and helm (to render the chart) from the Go module proxy.
 #
 # Usage: tests/k8s/build-apiserver.sh [CACHE_DIR]
 # Progress goes to stderr; the binaries land in CACHE_DIR/kube-<version>/, whose path is printed
@@ -8,6 +8,7 @@
 set -euo pipefail
 K=${KUBE_VERSION:-v1.37.2}
 KINE=${KINE_VERSION:-v0.17.5}
+HELM=${HELM_VERSION:-v3.22.0}
 CACHE=${1:-${PKTPATH_CACHE:-/var/cache/pktpath}}
 OUT="$CACHE/kube-$K"
 mkdir -p "$OUT"
@@ -47,5 +48,10 @@ if [ ! -x "$OUT/kine" ]; then
   echo "building kine $KINE into $OUT..." >&2
   GOBIN="$OUT/kine-bin" go install "github.com/k3s-io/kine@$KINE" >&2
   mv "$OUT/kine-bin/kine" "$OUT/kine" && rmdir "$OUT/kine-bin"
+fi
+if [ ! -x "$OUT/helm" ]; then
+  echo "building helm $HELM into $OUT..." >&2
+  GOBIN="$OUT/helm-bin" go install "helm.sh/helm/v3/cmd/helm@$HELM" >&2
+  mv "$OUT/helm-bin/helm" "$OUT/helm" && rmdir "$OUT/helm-bin"
 fi
 echo "$OUT"
