@@ -90,7 +90,7 @@ def test_pod_to_pod_on_one_node(cluster: Any, agents: Any, lab: Netlab) -> None:
     assert table[0].split() == ["NAME", "SOURCE", "DESTINATION", "PHASE", "HOPS", "RESULT", "AGE"]
     assert table[1].split()[:8] == ["web-to-db", f"{ns}/web-0", f"({web})", f"{ns}/db-1",
                                     f"({db})", "Succeeded", "8", "delivered"]
-    assert events_of(cluster, ns, "web-to-db") == ["NodeJoined", "Finished"]
+    assert events_of(cluster, ns, "web-to-db") == ["NodeJoined", "Started", "Finished"]
     metrics = agent.metrics()
     assert metrics["pktpath_probes_sent_total"] == 3
     assert metrics["pktpath_traces_running"] == 0
@@ -242,3 +242,24 @@ def test_agent_killed_mid_trace_resumes_and_finishes(cluster: Any, agents: Any,
     probes = {h["probe"] for h in status["nodes"][0]["hops"]}
     assert {1, 12} <= probes, "hops from before and after the restart"
     assert status["hops"] == 8
+
+
+def test_watch_only_to_an_ip_names_the_pods_it_finds(cluster: Any, agents: Any,
+                                                    lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 67)
+    agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("watch", ns, {"pod": "web-0"}, {"ip": "10.200.67.11"},
+                               timeout="4s"))
+    wait_for("the agent to join", lambda: (cluster.get("packettrace", "watch", "-n", ns)
+                                           .get("status") or {}).get("phase") == "Running")
+    node.pods["web-0"].sh("ping", "-c2", "-i0.2", "-W2", "10.200.67.11")
+    body = wait_phase(cluster, ns, "watch", ("Succeeded", "Failed"), timeout=20)
+
+    status = body["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["to"] == f"{ns}/db-1 (10.200.67.11)", "the IP's pod is found"
+    assert [(h["netns"], h["direction"]) for h in status["path"]] == [
+        (f"{ns}/web-0", "request"), ("host", "request"), ("host", "request"),
+        (f"{ns}/db-1", "request"), (f"{ns}/db-1", "reply"), ("host", "reply"),
+        ("host", "reply"), (f"{ns}/web-0", "reply")]
+    assert status["result"] == "16 hops of 2 packets seen"

@@ -72,8 +72,11 @@ def write_merged(ctx: AgentContext, namespace: str, name: str, spec: TraceSpec |
         except Conflict:
             continue
         ctx.metrics.add("status_writes")
-        if merged.finished and (body.get("status") or {}).get("phase") not in (
-                "Succeeded", "Failed"):
+        before = (body.get("status") or {}).get("phase")
+        if merged.status["phase"] == "Running" and before in (None, "Pending"):
+            ctx.kube.event(body, "Started", f"tracing {merged.status['from']} -> "
+                                            f"{merged.status['to']}")
+        if merged.finished and before not in ("Succeeded", "Failed"):
             reason = "Finished" if merged.status["phase"] == "Succeeded" else "Failed"
             ctx.kube.event(body, reason, f"{merged.status['phase']}: {merged.status['result']}",
                            "Normal" if reason == "Finished" else "Warning")
