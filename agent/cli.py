@@ -13,6 +13,7 @@ from typing import NoReturn, TextIO
 
 from agent import __version__, netns
 from agent.errors import EXIT_USAGE, PktpathError, UsageError
+from agent.event import Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
 from agent.privileges import require_btf, require_tracing
 from agent.probes import DEFAULT_RING_BYTES
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ring buffer size, a power of two (default 4M)")
     trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
                        help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
+    trace.add_argument("--no-drops", action="store_true",
+                       help="only the path: do not hook skb:kfree_skb (no drops, no fates)")
 
     demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
                           description="Build a docker-like network in temporary namespaces (a "
@@ -146,7 +149,8 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     require_tracing()
     require_btf()
     stop = threading.Event()
-    with stop_on_signals(stop), Tracer(trace_filter, hook_type=args.hook_type,
+    hooks = [h for h in Hook if not (args.no_drops and h == Hook.KFREE_SKB)]
+    with stop_on_signals(stop), Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
                                        ring_bytes=args.buffer_size) as tracer:
         announce(tracer, err)
         run(tracer, stop, out, err, as_json=args.json, count=args.count)

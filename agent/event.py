@@ -7,12 +7,14 @@ compares the offsets and sizes derived here with the BTF of the shipped object.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from dataclasses import dataclass
 
 SNAPLEN = 192
 IFNAMSIZ = 16
 MAX_HOSTS = 8
+STACK_DEPTH = 12
 
 
 class Hook(enum.IntEnum):
@@ -20,6 +22,7 @@ class Hook(enum.IntEnum):
 
     NET_DEV_QUEUE = 1
     NETIF_RECEIVE_SKB = 2
+    KFREE_SKB = 3
 
     @property
     def tracepoint(self) -> str:
@@ -65,17 +68,20 @@ def _layout(fields: list[tuple[str, str]]) -> tuple[struct.Struct, dict[str, tup
 EVENT_FIELDS = [
     ("time_ns", "Q"),
     ("skb", "Q"),
+    ("location", "Q"),
+    ("stack", f"{STACK_DEPTH}Q"),
     ("netns", "I"),
     ("ifindex", "I"),
     ("len", "I"),
     ("cpu", "I"),
+    ("reason", "I"),
     ("cap_len", "H"),
     ("protocol", "H"),
     ("vlan_tci", "H"),
     ("vlan_proto", "H"),
     ("hook", "B"),
     ("flags", "B"),
-    ("pad", "6s"),
+    ("pad", "2s"),
     ("ifname", f"{IFNAMSIZ}s"),
     ("data", f"{SNAPLEN}s"),
 ]
@@ -116,14 +122,19 @@ class RawEvent:
     l2: bool  # data starts with an Ethernet header
     ifname: str
     data: bytes
+    location: int = 0  # kfree_skb: the address that freed the packet
+    reason: int = 0  # kfree_skb: enum skb_drop_reason value
+    stack: tuple[int, ...] = ()  # kfree_skb: kernel return addresses, innermost first
 
 
 def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
     if len(record) < DATA_OFFSET:
         raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
-    (time_ns, skb, netns, ifindex, length, cpu, cap_len, protocol, vlan_tci, vlan_proto, hook,
-     flags, _pad, ifname) = _HEADER.unpack_from(record)
+    (time_ns, skb, location, *rest) = _HEADER.unpack_from(record)
+    stack, rest = rest[:STACK_DEPTH], rest[STACK_DEPTH:]
+    (netns, ifindex, length, cpu, reason, cap_len, protocol, vlan_tci, vlan_proto, hook, flags,
+     _pad, ifname) = rest
     cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
     vlan = bool(flags & EventFlag.VLAN)
     return RawEvent(
@@ -140,4 +151,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         l2=bool(flags & EventFlag.L2),
         ifname=ifname.split(b"\0", 1)[0].decode(errors="replace"),
         data=bytes(record[DATA_OFFSET:DATA_OFFSET + cap_len]),
+        location=location,
+        reason=reason,
+        stack=tuple(itertools.takewhile(bool, stack)),
     )

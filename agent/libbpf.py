@@ -85,6 +85,11 @@ class Libbpf:
             ("ring_buffer__poll", i, [p, i]),
             ("ring_buffer__consume", i, [p]),
             ("ring_buffer__free", None, [p]),
+            ("btf__load_vmlinux_btf", p, []),
+            ("btf__find_by_name_kind", ctypes.c_int32, [p, s, u32]),
+            ("btf__type_by_id", p, [p, u32]),
+            ("btf__name_by_offset", s, [p, u32]),
+            ("btf__free", None, [p]),
         ]
         for name, res, args in functions:
             _declare(lib, name, res, args)

@@ -51,9 +51,17 @@ def _endpoint(addr: str | None, port: int) -> str:
 
 
 def text_line(hop: Hop) -> str:
-    """The hop as one line of text."""
+    """The hop as one line of text; a free ends with DROPPED (why) or delivered."""
     e = hop.event
-    return f"[{e.netns:>12}] {e.ifname:>16} {describe(hop.packet)}"
+    line = f"[{e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    if hop.fate is not None:
+        if hop.fate.drop:
+            line += f"  DROPPED {hop.fate.reason}"
+        else:
+            line += "  delivered"
+        if hop.fate.explain:
+            line += f" ({hop.fate.explain})"
+    return line
 
 
 def json_object(hop: Hop) -> dict[str, Any]:
@@ -90,5 +98,8 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "fragment": True if p.fragment else None,
         "truncated": True if p.truncated else None,
     }
+    if hop.fate is not None:
+        optional.update(drop=hop.fate.drop, drop_reason=hop.fate.reason,
+                        location=hop.fate.location, explain=hop.fate.explain)
     obj.update((k, v) for k, v in optional.items() if v is not None)
     return obj

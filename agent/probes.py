@@ -92,6 +92,11 @@ class Probes:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def libbpf(self) -> Libbpf:
+        """The libbpf these probes use."""
+        return self._bpf
+
     # -- loading -------------------------------------------------------------------------
 
     def open(self) -> None:

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 
 from agent.errors import PktpathError
 from agent.event import Counter, Hook, RawEvent, decode_event
+from agent.fate import Fate, FateJudge
 from agent.filters import TraceFilter
+from agent.kernel import drop_reasons
 from agent.packet import Packet, decode
 from agent.probes import DEFAULT_RING_BYTES, LoadReport, Probes
 
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One packet seen on one interface at one hook."""
+    """One packet seen on one interface at one hook (or freed, with its fate)."""
 
     event: RawEvent
     packet: Packet
+    fate: Fate | None = None
 
     @property
     def hook(self) -> Hook | None:
@@ -34,10 +37,16 @@ class Hop:
             return None
 
 
-def hop_from_record(record: bytes) -> Hop:
-    """Decode one ring-buffer record into a hop."""
+def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop:
+    """Decode one ring-buffer record into a hop; with a judge, frees get their fate."""
     event = decode_event(record)
-    return Hop(event, decode(event.data, event.l2, event.protocol))
+    packet = decode(event.data, event.l2, event.protocol)
+    if judge is None:
+        return Hop(event, packet)
+    if event.hook == Hook.KFREE_SKB:
+        return Hop(event, packet, judge.judge(packet, event.reason, event.location, event.stack))
+    judge.observe(packet)
+    return Hop(event, packet)
 
 
 class Tracer:
@@ -56,11 +65,13 @@ class Tracer:
                               ring_bytes=ring_bytes)
         self._pending: list[bytes] = []
         self._rb = 0
+        self._judge: FateJudge | None = None
 
     def __enter__(self) -> Tracer:
         try:
             self._probes.open()
             self._rb = self._probes.ring_buffer(self._on_record)
+            self._judge = FateJudge(drop_reasons(self._probes.libbpf))
         except BaseException:
             self._probes.close()
             raise
@@ -98,7 +109,7 @@ class Tracer:
 
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []
-        return [hop_from_record(record) for record in batch]
+        return [hop_from_record(record, self._judge) for record in batch]
 
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Trace only these namespaces (the filter must have netns_set)."""

@@ -12,11 +12,13 @@
 #define PKTPATH_SNAPLEN 192   /* packet bytes copied per event, from the first header */
 #define PKTPATH_IFNAMSIZ 16
 #define PKTPATH_MAX_HOSTS 8   /* --host addresses compared inline, per family */
+#define PKTPATH_STACK_DEPTH 12 /* kernel return addresses kept with a drop */
 
 /* Which tracepoint saw the packet. */
 enum pktpath_hook {
 	PKTPATH_HOOK_NET_DEV_QUEUE = 1,     /* net:net_dev_queue, transmit */
 	PKTPATH_HOOK_NETIF_RECEIVE_SKB = 2, /* net:netif_receive_skb, receive */
+	PKTPATH_HOOK_KFREE_SKB = 3,         /* skb:kfree_skb, the kernel dropped the packet */
 };
 
 /* pktpath_event.flags */
@@ -25,21 +27,24 @@ enum pktpath_event_flag {
 	PKTPATH_F_VLAN = 2, /* the skb carries an offloaded VLAN tag in vlan_tci / vlan_proto */
 };
 
-/* One packet seen at one hook on one interface. */
+/* One packet seen at one hook on one interface (or freed by the kernel, for kfree_skb). */
 struct pktpath_event {
 	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u64 skb;                     /* address of the struct sk_buff */
-	__u32 netns;                   /* inode of the device's network namespace */
+	__u64 location;                /* kfree_skb: the address that freed it */
+	__u64 stack[PKTPATH_STACK_DEPTH]; /* kfree_skb: kernel return addresses, 0-terminated */
+	__u32 netns;                   /* inode of the device's network namespace, 0 without one */
 	__u32 ifindex;
 	__u32 len;                     /* bytes of the packet from data[0] on */
 	__u32 cpu;
+	__u32 reason;                  /* kfree_skb: enum skb_drop_reason of the running kernel */
 	__u16 cap_len;                 /* bytes of data[] that are valid */
 	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
 	__u16 vlan_tci;
 	__u16 vlan_proto;              /* network byte order */
 	__u8 hook;                     /* enum pktpath_hook */
 	__u8 flags;                    /* enum pktpath_event_flag */
-	__u8 pad[6];
+	__u8 pad[2];
 	char ifname[PKTPATH_IFNAMSIZ];
 	__u8 data[PKTPATH_SNAPLEN];
 };

@@ -283,10 +283,11 @@ static __always_inline __u32 netns_of(struct net_device *dev, bool btf)
 	return btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
 }
 
-static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
-				 struct headers *h, __u8 hook, bool btf)
+static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
+				 struct headers *h, __u8 hook, bool btf, __u64 location,
+				 __u32 reason)
 {
-	unsigned char *first = h->l2 ? h->l2 : READ(btf, skb, data);
+	unsigned char *first = h->l2 ? h->l2 : h->l3;
 	unsigned char *head = READ(btf, skb, head);
 	unsigned char *data = READ(btf, skb, data);
 	__u32 tail = READ(btf, skb, tail);
@@ -300,8 +301,18 @@ static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
 	}
 	e->time_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
-	e->netns = netns_of(dev, btf);
-	e->ifindex = READ(btf, dev, ifindex);
+	e->location = location;
+	e->reason = reason;
+	e->stack[0] = 0;
+	if (hook == PKTPATH_HOOK_KFREE_SKB) {
+		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
+		__u64 end = n > 0 ? (__u64)n / 8 : 0;
+
+		if (end < PKTPATH_STACK_DEPTH)
+			e->stack[end] = 0;
+	}
+	e->netns = dev ? netns_of(dev, btf) : 0;
+	e->ifindex = dev ? READ(btf, dev, ifindex) : 0;
 	e->len = READ(btf, skb, len) + (data - first);
 	e->cpu = bpf_get_smp_processor_id();
 	e->protocol = READ(btf, skb, protocol);
@@ -310,7 +321,10 @@ static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
 	e->hook = hook;
 	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (READ(btf, skb, vlan_all) ? PKTPATH_F_VLAN : 0);
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
-	bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
+	if (dev)
+		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
+	else
+		__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 	/* copy the linear part only: paged data is not behind head */
 	cap = (__u64)(head + tail) - (__u64)first;
 	if (cap > PKTPATH_SNAPLEN)
@@ -322,25 +336,30 @@ static __always_inline void emit(struct sk_buff *skb, struct net_device *dev,
 	count(PKTPATH_COUNTER_EMITTED);
 }
 
-static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
+static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, bool btf,
+				  __u64 location, __u32 reason)
 {
 	struct net_device *dev = READ(btf, skb, dev);
 	struct headers h = {};
 	unsigned char *data;
-	__u16 type;
+	__u16 type = 0;
 
-	if (!dev)
-		return 0;
-	type = READ(btf, dev, type);
+	if (!dev) {
+		/* only a free can have no device (it left the device behind, e.g. in a socket) */
+		if (hook != PKTPATH_HOOK_KFREE_SKB || cfg.netns || cfg.netns_set || cfg.ifname[0])
+			return 0;
+	} else {
+		type = READ(btf, dev, type);
+	}
 	/* loopback receives what it just sent: its transmit is the hop */
 	if (hook == PKTPATH_HOOK_NETIF_RECEIVE_SKB && type == ARPHRD_LOOPBACK)
 		return 0;
 	h.ethertype = bpf_ntohs(READ(btf, skb, protocol));
 	if (cfg.proto == PKTPATH_PROTO_ARP && h.ethertype != ETH_P_ARP)
 		return 0;
-	if (cfg.netns && netns_of(dev, btf) != cfg.netns)
+	if (cfg.netns && dev && netns_of(dev, btf) != cfg.netns)
 		return 0;
-	if (cfg.netns_set) {
+	if (cfg.netns_set && dev) {
 		__u32 inode = netns_of(dev, btf);
 
 		if (!bpf_map_lookup_elem(&netns_set, &inode))
@@ -348,7 +367,18 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 	}
 
 	data = READ(btf, skb, data);
-	if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) {
+	if (hook == PKTPATH_HOOK_KFREE_SKB) {
+		/* freed anywhere on its way: the headers are where the stack last put them */
+		unsigned char *head = READ(btf, skb, head);
+		__u16 net = READ(btf, skb, network_header);
+		__u16 mac = READ(btf, skb, mac_header);
+
+		if (net)
+			data = head + net;
+		if (mac != (__u16)~0U && net && mac + ETH_HLEN == net &&
+		    (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK))
+			h.l2 = head + mac;
+	} else if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) {
 		if (hook == PKTPATH_HOOK_NET_DEV_QUEUE) {
 			h.l2 = data;
 		} else {
@@ -365,32 +395,44 @@ static __always_inline int handle(struct sk_buff *skb, __u8 hook, bool btf)
 
 	if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h, btf))
 		return 0;
-	if (cfg.ifname[0] && !ifname_wanted(dev, btf))
+	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(skb, dev, &h, hook, btf);
+	emit(ctx, skb, dev, &h, hook, btf, location, reason);
 	return 0;
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_btf_net_dev_queue, struct sk_buff *skb)
 {
-	return handle(skb, PKTPATH_HOOK_NET_DEV_QUEUE, true);
+	return handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, true, 0, 0);
 }
 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_btf_netif_receive_skb, struct sk_buff *skb)
 {
-	return handle(skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, true);
+	return handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, true, 0, 0);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location, int reason)
+{
+	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, true, (__u64)location, reason);
 }
 
 SEC("raw_tp/net_dev_queue")
 int BPF_PROG(raw_tp_net_dev_queue, struct sk_buff *skb)
 {
-	return handle(skb, PKTPATH_HOOK_NET_DEV_QUEUE, false);
+	return handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, false, 0, 0);
 }
 
 SEC("raw_tp/netif_receive_skb")
 int BPF_PROG(raw_tp_netif_receive_skb, struct sk_buff *skb)
 {
-	return handle(skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, false);
+	return handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, false, 0, 0);
+}
+
+SEC("raw_tp/kfree_skb")
+int BPF_PROG(raw_tp_kfree_skb, struct sk_buff *skb, void *location, int reason)
+{
+	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, false, (__u64)location, reason);
 }

@@ -153,3 +153,29 @@ def vxlan_join(lab: Netlab, a: Node, b: Node) -> None:
         node.ns.ip("link", "set", "flannel.1", "up")
     a.ns.ip("route", "add", f"10.200.{b.subnet}.0/24", "via", "10.200.251.2")
     b.ns.ip("route", "add", f"10.200.{a.subnet}.0/24", "via", "10.200.251.1")
+
+
+@dataclass
+class Routed:
+    """c1 -- router -- c2 on 10.200.<a>.0/24 and 10.200.<b>.0/24, router forwarding."""
+
+    c1: Ns
+    router: Ns
+    c2: Ns
+    c1_addr: str
+    c2_addr: str
+
+
+def routed(lab: Netlab, a: int, b: int) -> Routed:
+    """Two namespaces joined by a forwarding namespace (interfaces to-c1 and to-c2)."""
+    c1, router, c2 = lab.ns("c1"), lab.ns("router"), lab.ns("c2")
+    lab.veth(c1, "eth0", router, "to-c1")
+    lab.veth(c2, "eth0", router, "to-c2")
+    c1.ip("addr", "add", f"10.200.{a}.2/24", "dev", "eth0")
+    c2.ip("addr", "add", f"10.200.{b}.2/24", "dev", "eth0")
+    router.ip("addr", "add", f"10.200.{a}.1/24", "dev", "to-c1")
+    router.ip("addr", "add", f"10.200.{b}.1/24", "dev", "to-c2")
+    c1.ip("route", "add", "default", "via", f"10.200.{a}.1")
+    c2.ip("route", "add", "default", "via", f"10.200.{b}.1")
+    router.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    return Routed(c1, router, c2, f"10.200.{a}.2", f"10.200.{b}.2")

@@ -80,7 +80,10 @@ def test_demo_shows_the_article_path_and_removes_everything(e2e: None) -> None:
     before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     proc = pktpath("demo", "--json", "-c", "2")
     assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    everything = [json.loads(line) for line in proc.stdout.splitlines()]
+    frees = [e for e in everything if e["hook"] == "kfree_skb"]
+    assert [(f["ifname"], f["drop"]) for f in frees] == [("docker0", False)] * 2, "delivered"
+    events = [e for e in everything if e["hook"] != "kfree_skb"]
     names = [(e["ifname"], {8: "request", 0: "reply"}[e["icmp_type"]]) for e in events]
     veth = events[1]["ifname"]
     assert veth.startswith("veth")

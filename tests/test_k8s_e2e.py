@@ -208,7 +208,7 @@ def test_deleting_a_running_trace_stops_its_probes_at_once(cluster: Any, agents:
     cluster.apply(packet_trace("long", ns, {"pod": "web-0"}, {"pod": "db-1"},
                                probe={"count": 500, "interval": "100ms"}, timeout="60s"))
     wait_for("probes", lambda: probes_sent(cluster, ns, "long") >= 3)
-    assert agent.metrics()["pktpath_programs_attached"] == 2
+    assert agent.metrics()["pktpath_programs_attached"] == 3  # transmit, receive, drops
 
     cluster.kubectl("delete", "packettrace", "long", "-n", ns)
     wait_for("the session to end", lambda: agent.metrics()["pktpath_traces_running"] == 0, 5)
@@ -263,3 +263,22 @@ def test_watch_only_to_an_ip_names_the_pods_it_finds(cluster: Any, agents: Any,
         (f"{ns}/db-1", "request"), (f"{ns}/db-1", "reply"), ("host", "reply"),
         ("host", "reply"), (f"{ns}/web-0", "reply")]
     assert status["result"] == "16 hops of 2 packets seen"
+
+
+def test_a_drop_is_reported_at_its_hop_with_the_reason(cluster: Any, agents: Any,
+                                                       lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 68)
+    node.pods["db-1"].sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
+    agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("blocked", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 2, "interval": "200ms"}, timeout="20s"))
+    body = wait_phase(cluster, ns, "blocked", ("Succeeded", "Failed"))
+
+    status = body["status"]
+    assert status["result"] == (f"dropped at node-a {ns}/db-1 eth0 (request): NETFILTER_DROP "
+                                "(netfilter, ip family, input hook)")
+    last = status["path"][-1]
+    assert (last["netns"], last["interface"], last["drop"], last["dropReason"]) == (
+        f"{ns}/db-1", "eth0", True, "NETFILTER_DROP")
+    assert [h["direction"] for h in status["path"]] == ["request"] * 5
+    assert "Dropped" in events_of(cluster, ns, "blocked")

@@ -6,7 +6,7 @@ import struct
 
 from test_packet import ECHO, eth, ipv4, ipv6
 
-from agent.event import EVENT_STRUCT, EventFlag, Hook
+from agent.event import EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
 from agent.output import json_object, text_line
 from agent.tracer import hop_from_record
 
@@ -15,9 +15,9 @@ def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
            hook: Hook = Hook.NET_DEV_QUEUE, flags: int = EventFlag.L2, protocol: int = 0x0800,
            vlan_tci: int = 0) -> bytes:
     return EVENT_STRUCT.pack(
-        123456789, 0xFFFF888012345678, netns, 3, len(frame), 1, len(frame),
-        struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook, flags, b"",
-        ifname.encode(), frame)
+        123456789, 0xFFFF888012345678, 0, *([0] * STACK_DEPTH), netns, 3, len(frame), 1, 0,
+        len(frame), struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook,
+        flags, b"", ifname.encode(), frame)
 
 
 def test_echo_request_line_is_the_articles() -> None:

@@ -24,8 +24,10 @@ ARP = {"request": "request", "reply": "reply"}
 
 
 def hop(event: dict[str, Any]) -> tuple[int, str, str]:
-    """(netns, interface, what) of a JSON event."""
-    if "arp_op" in event:
+    """(netns, interface, what) of a JSON event; a free is "delivered" or "dropped REASON"."""
+    if event["hook"] == "kfree_skb":
+        what = f"dropped {event['drop_reason']}" if event["drop"] else "delivered"
+    elif "arp_op" in event:
         what = f"arp-{event['arp_op']}"
     elif "icmp_type" in event:
         what = ECHO.get(event["icmp_type"], f"icmp-{event['icmp_type']}")
@@ -41,6 +43,11 @@ def article_path(net: DockerLike, request: str, reply: str) -> list[tuple[int, s
             (c, "eth0", reply), (h, net.veth, reply), (h, net.bridge, reply)]
 
 
+def delivered_at(ns: Any, ifname: str) -> tuple[int, str, str]:
+    """ping's raw socket takes a copy of the reply; the kernel frees the original (NO_SOCKET)."""
+    return ns.inode, ifname, "delivered"
+
+
 @pytest.mark.parametrize("hook_type", ["tp_btf", "raw_tp"])
 def test_ping_into_container_crosses_bridge_veth_eth0_and_back(
         lab: Netlab, trace: Any, hook_type: str) -> None:
@@ -50,19 +57,23 @@ def test_ping_into_container_crosses_bridge_veth_eth0_and_back(
     net.host.sh("ping", "-c1", "-W2", net.container_addr)
     events = run.stop().events()
 
-    assert [hop(e) for e in events] == article_path(net, "request", "reply")
+    assert [hop(e) for e in events] == [*article_path(net, "request", "reply"),
+                                        delivered_at(net.host, net.bridge)]
     assert [e["hook"] for e in events] == ["net_dev_queue", "net_dev_queue", "netif_receive_skb",
                                            "net_dev_queue", "netif_receive_skb",
-                                           "netif_receive_skb"]
+                                           "netif_receive_skb", "kfree_skb"]
+    free = events[-1]
+    assert (free["drop"], free["drop_reason"]) == (False, "NO_SOCKET")
+    assert free["location"].startswith("icmp_rcv+0x") or free["location"].startswith("ping_rcv")
     assert {(e["src"], e["dst"]) for e in events[:3]} == {(net.host_addr, net.container_addr)}
     assert {(e["src"], e["dst"]) for e in events[3:]} == {(net.container_addr, net.host_addr)}
     assert {(e["family"], e["proto"], e["icmp_seq"]) for e in events} == {("ipv4", "icmp", 1)}
     assert len({e["icmp_id"] for e in events}) == 1
     assert len({e["skb"] for e in events[:3]}) == 1, "one skb from host to container"
-    assert all(e["len"] == 98 for e in events), "14 Ethernet + 20 IP + 64 ICMP bytes"
+    assert all(e["len"] == 98 for e in events[:6]), "14 Ethernet + 20 IP + 64 ICMP bytes"
     assert run.returncode == 0
     assert f"({hook_type})" in run.stderr
-    assert "6 events shown, 0 lost" in run.stderr
+    assert "7 events shown, 0 lost" in run.stderr
 
 
 def test_text_output_is_the_articles(lab: Netlab, trace: Any) -> None:
@@ -85,6 +96,8 @@ def test_text_output_is_the_articles(lab: Netlab, trace: Any) -> None:
             f"[{c:>12}]             eth0 {rep.format(seq=seq)}",
             f"[{h:>12}] {net.veth:>16} {rep.format(seq=seq)}",
             f"[{h:>12}]          docker0 {rep.format(seq=seq)}",
+            f"[{h:>12}]          docker0 {rep.format(seq=seq)}  delivered "
+            "(the pinging raw socket received a copy)",
         ]
     assert lines == expected
 
@@ -95,11 +108,12 @@ def test_ipv6_echo(lab: Netlab, trace: Any) -> None:
     net.host.sh("ping", "-6", "-c1", "-W2", net.container_addr6)
     events = [e for e in run.stop().events() if e["icmp_type"] in (128, 129)]
 
-    assert [hop(e) for e in events] == article_path(net, "request", "reply")
+    assert [hop(e) for e in events] == [*article_path(net, "request", "reply"),
+                                        delivered_at(net.host, net.bridge)]
     assert {(e["family"], e["proto"]) for e in events} == {("ipv6", "icmpv6")}
     assert events[0]["src"] == net.host_addr6 and events[0]["dst"] == net.container_addr6
     assert events[3]["src"] == net.container_addr6 and events[3]["dst"] == net.host_addr6
-    assert all(e["len"] == 118 for e in events), "14 Ethernet + 40 IPv6 + 64 ICMPv6 bytes"
+    assert all(e["len"] == 118 for e in events[:6]), "14 Ethernet + 40 IPv6 + 64 ICMPv6 bytes"
 
 
 def test_loopback_inside_a_namespace(lab: Netlab, trace: Any) -> None:
@@ -108,7 +122,8 @@ def test_loopback_inside_a_namespace(lab: Netlab, trace: Any) -> None:
     ns.sh("ping", "-c1", "-W2", "127.0.0.1")
     events = run.stop().events()
 
-    assert [hop(e) for e in events] == [(ns.inode, "lo", "request"), (ns.inode, "lo", "reply")]
+    assert [hop(e) for e in events] == [(ns.inode, "lo", "request"), (ns.inode, "lo", "reply"),
+                                        delivered_at(ns, "lo")]
     assert all(e["src"] == e["dst"] == "127.0.0.1" for e in events)
 
 
@@ -132,8 +147,8 @@ def test_routed_hop_through_a_forwarding_namespace(lab: Netlab, trace: Any) -> N
     assert [hop(e) for e in events] == [
         (a, "eth0", "request"), (r, "to-c1", "request"), (r, "to-c2", "request"),
         (b, "eth0", "request"), (b, "eth0", "reply"), (r, "to-c2", "reply"),
-        (r, "to-c1", "reply"), (a, "eth0", "reply")]
-    assert [e["ttl"] for e in events] == [64, 64, 63, 63, 64, 64, 63, 63]
+        (r, "to-c1", "reply"), (a, "eth0", "reply"), delivered_at(c1, "eth0")]
+    assert [e["ttl"] for e in events] == [64, 64, 63, 63, 64, 64, 63, 63, 63]
 
 
 def test_udp_datagram_with_its_ports(lab: Netlab, trace: Any) -> None:
@@ -143,11 +158,13 @@ def test_udp_datagram_with_its_ports(lab: Netlab, trace: Any) -> None:
     events = run.stop().events()
 
     h, c = net.host.inode, net.container.inode
-    assert [(e["netns"], e["ifname"]) for e in events] == [
-        (h, "docker0"), (h, net.veth), (c, "eth0")]
+    assert [hop(e) for e in events] == [
+        (h, "docker0", "udp-"), (h, net.veth, "udp-"), (c, "eth0", "udp-"),
+        (c, "eth0", "dropped NO_SOCKET")]
     assert {(e["proto"], e["src"], e["sport"], e["dst"], e["dport"]) for e in events} == {
         ("udp", net.host_addr, 40000, net.container_addr, 5353)}
     assert "icmp_type" not in events[0] and "tcp_flags" not in events[0]
+    assert events[-1]["explain"] == "no socket was listening"
 
 
 def test_udp_text_line(lab: Netlab, trace: Any) -> None:
@@ -232,7 +249,8 @@ def test_filters_exclude_other_traffic(lab: Netlab, trace: Any) -> None:
             run.stop()
 
     h, c, o = net.host.inode, net.container.inode, other.inode
-    assert [hop(e) for e in by_host.events()] == article_path(net, "request", "reply")
+    assert [hop(e) for e in by_host.events()] == [*article_path(net, "request", "reply"),
+                                                  delivered_at(net.host, "docker0")]
     assert [(hop(e), e["dport"]) for e in by_port.events()] == [
         ((h, "docker0", "udp-"), 7777), ((h, net.veth, "udp-"), 7777), ((c, "eth0", "udp-"), 7777)]
     assert [hop(e) for e in by_iface.events()] == [
@@ -257,15 +275,16 @@ def test_sigterm_drains_and_summarises(lab: Netlab, trace: Any) -> None:
     net.host.sh("ping", "-c1", "-W2", net.container_addr)
     run.stop(signal.SIGTERM)
     assert run.returncode == 0
-    assert len(run.lines()) == 6
-    assert run.stderr_lines[-1] == "pktpath: 6 events shown, 0 lost"
+    assert len(run.lines()) == 7
+    assert run.stderr_lines[-1] == "pktpath: 7 events shown, 0 lost"
 
 
 def test_nothing_stays_attached_after_exit(lab: Netlab, trace: Any) -> None:
     before = {p["id"] for p in loaded_programs()}
     run = trace("--proto", "icmp", "--host", "10.200.23.9")
     ours = {p["id"]: p["name"] for p in loaded_programs() if p["id"] not in before}
-    assert sorted(ours.values()) == ["tp_btf_net_dev_queue", "tp_btf_netif_receive_skb"]
+    assert sorted(ours.values()) == ["tp_btf_kfree_skb", "tp_btf_net_dev_queue",
+                                     "tp_btf_netif_receive_skb"]
     run.stop()
     assert programs_gone(set(ours)), "the kernel still holds pktpath's programs after exit"
 
@@ -329,7 +348,7 @@ def test_every_lost_event_is_counted(lab: Netlab, trace: Any) -> None:
     a.sh("ping", "-c1", "-W2", "10.200.30.2")  # settle ARP
     datagrams = 20000
     run = trace("--proto", "udp", "--port", "7000", "--host", "10.200.30.2",
-                "--buffer-size", "4096")
+                "--buffer-size", "4096", "--no-drops")
     a.sh(sys.executable, "-c",
          "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
          f"[s.sendto(b'x', ('10.200.30.2', 7000)) for _ in range({datagrams})]")

@@ -103,6 +103,7 @@ class TraceSession(threading.Thread):
         self.started_at = self._resume.get("startedAt") or now_rfc3339()
         self._clock_offset = time.time_ns() - time.monotonic_ns()  # kernel time -> wall time
         self._flows: dict[tuple[Any, ...], int] = {}
+        self._drop_reported = False
         self.prober: Prober | None = None
 
     # -- called from the operator's threads ----------------------------------------------
@@ -245,12 +246,23 @@ class TraceSession(threading.Thread):
         if place is None or identity is None:
             return False
         probe, direction = identity
+        if hop.fate is not None and not hop.fate.drop:
+            return False  # a free that is part of delivery: not a hop
         self.hops.append({
             "node": place.node, **({"pod": place.pod} if place.pod else {}), "netns": place.netns,
             "netnsInode": place.inode, "interface": hop.event.ifname, "direction": direction,
             "hook": hop.hook.tracepoint if hop.hook else str(hop.event.hook), "probe": probe,
             "timeNs": hop.event.time_ns + self._clock_offset,
+            **({"drop": True, "dropReason": hop.fate.reason, "location": hop.fate.location,
+                **({"explain": hop.fate.explain} if hop.fate.explain else {})}
+               if hop.fate else {}),
         })
+        if hop.fate and not self._drop_reported:
+            self._drop_reported = True
+            where = f"{place.node} {place.netns} {hop.event.ifname or '-'}"
+            self.ctx.kube.event(self._body, "Dropped", f"dropped at {where}: {hop.fate.reason}"
+                                + (f" ({hop.fate.explain})" if hop.fate.explain else ""),
+                                "Warning")
         return True
 
     def _identity(self, hop: Hop) -> tuple[int, str] | None:

@@ -94,8 +94,9 @@ def order_probe(hops: Iterable[Mapping[str, Any]], ends: Ends) -> list[dict[str,
     return ordered
 
 
-def _position(hop: Mapping[str, Any]) -> tuple[str, int, str, str]:
-    return hop["node"], hop.get("netnsInode", 0), hop["interface"], hop["direction"]
+def _position(hop: Mapping[str, Any]) -> tuple[str, int, str, str, bool]:
+    return (hop["node"], hop.get("netnsInode", 0), hop["interface"], hop["direction"],
+            bool(hop.get("drop")))
 
 
 @dataclass
@@ -198,6 +199,11 @@ def _result(spec: TraceSpec, ends: Ends, ordered: Mapping[int, list[dict[str, An
 
     replies = sum(answered(hops) for hops in ordered.values())
     total = max(sent, len(ordered))
+    drop = next((h for h in path if h.get("drop")), None)
+    if drop is not None and replies < total:
+        explain = f" ({drop['explain']})" if drop.get("explain") else ""
+        return (f"dropped at {drop['node']} {drop['netns']} {drop['interface']} "
+                f"({drop['direction']}): {drop['dropReason']}{explain}")
     if replies == total:
         return f"delivered ({replies}/{total} probes answered)"
     if replies:

@@ -1,0 +1,134 @@
+"""End-to-end: where and why the kernel stopped a packet, and no drop when it was delivered."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+from conftest import need
+from netlab import Netlab, docker_like, routed
+from test_trace_e2e import hop
+
+
+@pytest.fixture
+def iptables(e2e: None) -> None:
+    need(shutil.which("iptables") is not None, "iptables is not installed")
+
+
+def last_drop(events: list[dict[str, Any]]) -> dict[str, Any]:
+    drops = [e for e in events if e.get("drop")]
+    assert len(drops) == 1, [hop(e) for e in events]
+    assert events[-1] is drops[0], "a drop is the packet's last event"
+    return drops[0]
+
+
+def test_iptables_drop_in_the_containers_input(lab: Netlab, trace: Any, iptables: None) -> None:
+    net = docker_like(lab, 31)
+    net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
+    run = trace("--proto", "icmp", "--host", net.container_addr, "--json")
+    net.host.sh("ping", "-c1", "-W1", net.container_addr, check=False)
+    events = run.stop().events()
+
+    drop = last_drop(events)
+    assert (drop["netns"], drop["ifname"]) == (net.container.inode, "eth0")
+    assert (drop["drop_reason"], drop["explain"]) == (
+        "NETFILTER_DROP", "netfilter, ip family, input hook")
+    # nf_hook_slow frees it, or nft_do_chain itself on kernels with nftables drop reasons
+    assert drop["location"].startswith(("nf_hook_slow+0x", "nft_do_chain+0x"))
+    assert not any(e.get("icmp_type") == 0 for e in events), "no reply"
+
+
+def test_iptables_drop_in_a_routers_forward_chain(lab: Netlab, trace: Any,
+                                                  iptables: None) -> None:
+    net = routed(lab, 32, 33)
+    net.router.sh("iptables", "-A", "FORWARD", "-d", net.c2_addr, "-j", "DROP")
+    run = trace("--proto", "icmp", "--host", net.c2_addr, "--json")
+    net.c1.sh("ping", "-c1", "-W1", net.c2_addr, check=False)
+    events = run.stop().events()
+
+    assert [hop(e) for e in events] == [
+        (net.c1.inode, "eth0", "request"), (net.router.inode, "to-c1", "request"),
+        (net.router.inode, "to-c1", "dropped NETFILTER_DROP")]
+    assert events[-1]["explain"] == "netfilter, ip family, forward hook"
+
+
+def test_text_line_of_a_drop(lab: Netlab, trace: Any, iptables: None) -> None:
+    net = docker_like(lab, 34)
+    net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
+    run = trace("--proto", "icmp", "--host", net.container_addr)
+    net.host.sh("ping", "-c1", "-W1", net.container_addr, check=False)
+    lines = run.stop().lines()
+    ident = lines[0].split("#")[1].split(".")[0]
+    assert lines[-1] == (f"[{net.container.inode:>12}]             eth0 request #{ident}.001 "
+                         f"{net.host_addr} -> {net.container_addr}  DROPPED NETFILTER_DROP "
+                         "(netfilter, ip family, input hook)")
+
+
+def test_ttl_expiry_at_the_router(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 35, 36)
+    run = trace("--proto", "icmp", "--host", net.c2_addr, "--json")
+    net.c1.sh("ping", "-c1", "-W1", "-t1", net.c2_addr, check=False)
+    drop = last_drop(run.stop().events())
+    assert (drop["netns"], drop["ifname"], drop["ttl"]) == (net.router.inode, "to-c1", 1)
+    assert (drop["drop_reason"], drop["explain"]) == ("IP_INHDR", "TTL expired")
+
+
+def test_reverse_path_filter(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 37, 38)
+    net.router.sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1",
+                  "net.ipv4.conf.to-c1.rp_filter=1")
+    net.c1.ip("addr", "add", "10.200.39.5/32", "dev", "eth0")  # not routed back via to-c1
+    net.c1.sh("ping", "-c1", "-W1", "10.200.37.1")  # resolve the gateway from a real address
+    run = trace("--proto", "icmp", "--host", net.c2_addr, "--json")
+    net.c1.sh("ping", "-c1", "-W1", "-I", "10.200.39.5", net.c2_addr, check=False)
+    drop = last_drop(run.stop().events())
+    assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
+        net.router.inode, "to-c1", "IP_RPFILTER")
+    assert drop["src"] == "10.200.39.5"
+
+
+def test_dont_fragment_packet_over_a_smaller_mtu(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 40, 41)
+    net.router.ip("link", "set", "to-c2", "mtu", "1280")
+    run = trace("--proto", "icmp", "--host", net.c2_addr, "--json")
+    net.c1.sh("ping", "-c1", "-W1", "-M", "do", "-s", "1400", net.c2_addr, check=False)
+    drop = last_drop(run.stop().events())
+    assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
+        net.router.inode, "to-c1", "PKT_TOO_BIG")
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_delivered_ping_shows_no_drop(lab: Netlab, trace: Any, v6: bool) -> None:
+    net = docker_like(lab, 42 + v6)
+    addr = net.container_addr6 if v6 else net.container_addr
+    run = trace("--proto", "icmp6" if v6 else "icmp", "--host", addr, "--json")
+    net.host.sh("ping", "-6" if v6 else "-4", "-c2", "-i0.2", "-W2", addr)
+    events = [e for e in run.stop().events() if e.get("icmp_type") in (0, 8, 128, 129)]
+    assert len(events) == 14, [hop(e) for e in events]
+    assert not [hop(e) for e in events if e.get("drop")]
+    assert [hop(e)[2] for e in events if e["hook"] == "kfree_skb"] == ["delivered"] * 2
+
+
+def test_unreachable_route_on_the_router(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 48, 49)
+    net.router.ip("route", "add", "unreachable", "10.200.50.0/24")
+    run = trace("--proto", "icmp", "--host", "10.200.50.9", "--json")
+    net.c1.sh("ping", "-c1", "-W1", "10.200.50.9", check=False)
+    events = run.stop().events()
+    drop = last_drop(events)
+    assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
+        net.router.inode, "to-c1", "NOT_SPECIFIED")
+    assert drop["location"].startswith("ip_error+0x")
+    assert drop["explain"].startswith("no route: the routing lookup failed")
+
+
+def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 51, 52)
+    net.c1.ip("route", "add", "10.200.53.0/24", "via", "10.200.51.99")  # nobody has .99
+    run = trace("--proto", "icmp", "--host", "10.200.53.9", "--json")
+    net.c1.sh("ping", "-c1", "-W5", "10.200.53.9", check=False)  # ARP gives up after ~3 s
+    drop = last_drop(run.stop().events())
+    assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
+        net.c1.inode, "eth0", "NEIGH_FAILED")
+    assert drop["explain"] == "neighbour unreachable (no ARP/ND answer)"

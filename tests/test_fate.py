@@ -1,0 +1,68 @@
+"""The fate rules on synthetic packets: what is a drop and what is delivery."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.fate import FateJudge
+from agent.kernel import Symbols
+from agent.packet import Packet
+
+REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 6: "NETFILTER_DROP", 104: "QUEUE_PURGE",
+           9: "IP_INHDR"}
+
+
+class FakeSymbols(Symbols):
+    """Three functions at known addresses."""
+
+    def __init__(self) -> None:
+        self._addresses = [0x1000, 0x2000, 0x3000, 0x4000]
+        self._names = ["nf_hook_slow", "ip_local_deliver", "ip_forward", "ip_error"]
+
+
+def judge() -> FateJudge:
+    return FateJudge(REASONS, FakeSymbols())
+
+
+REQUEST = Packet(family="ipv4", src="10.0.0.1", dst="10.0.0.2", icmp_type=8, icmp_id=7,
+                 icmp_seq=1)
+REPLY = Packet(family="ipv4", src="10.0.0.2", dst="10.0.0.1", icmp_type=0, icmp_id=7,
+               icmp_seq=1)
+
+
+def test_reply_whose_request_was_seen_is_delivered() -> None:
+    j = judge()
+    j.observe(REQUEST)
+    fate = j.judge(REPLY, 3, 0x1010, ())
+    assert (fate.drop, fate.reason) == (False, "NO_SOCKET")
+
+
+def test_reply_nobody_asked_for_is_a_drop() -> None:
+    fate = judge().judge(REPLY, 3, 0x1010, ())
+    assert (fate.drop, fate.explain) == (True, "no socket was listening")
+
+
+def test_queue_purge_is_not_a_drop() -> None:
+    assert judge().judge(REPLY, 104, 0, ()).drop is False
+
+
+@pytest.mark.parametrize("caller, hook", [(0x2008, "input"), (0x3008, "forward")])
+def test_netfilter_hook_comes_from_the_caller_of_nf_hook_slow(caller: int, hook: str) -> None:
+    fate = judge().judge(REQUEST, 6, 0x1010, (0x9999, 0x1010, caller))
+    assert fate.explain == f"netfilter, ip family, {hook} hook"
+    assert fate.location == "nf_hook_slow+0x10"
+
+
+def test_ttl_and_location_explanations() -> None:
+    expired = Packet(family="ipv4", ttl=1)
+    assert judge().judge(expired, 9, 0x3010, ()).explain == "TTL expired"
+    assert judge().judge(REQUEST, 2, 0x4010, ()).explain.startswith("no route")  # type: ignore[union-attr]
+    assert judge().judge(REQUEST, 77, 0, ()).reason == "reason 77"
+
+
+def test_evidence_memory_is_bounded() -> None:
+    j = FateJudge(REASONS, FakeSymbols(), memory=2)
+    j.observe(REQUEST)
+    for seq in (2, 3):
+        j.observe(Packet(src="10.0.0.1", dst="10.0.0.2", icmp_type=8, icmp_id=7, icmp_seq=seq))
+    assert j.judge(REPLY, 3, 0, ()).drop is True, "the oldest evidence was forgotten"
