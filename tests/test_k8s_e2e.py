@@ -53,13 +53,18 @@ def events_of(cluster: Any, namespace: str, name: str) -> list[str]:
     return [e["reason"] for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])]
 
 
-def test_pod_to_pod_on_one_node(cluster: Any, agents: Any, lab: Netlab) -> None:
+def one_node_with_two_pods(cluster: Any, lab: Netlab, subnet: int) -> tuple[str, Any]:
     ns = fresh_namespace(cluster)
-    node = k8s_node(lab, "node-a", 61)
-    web, db = k8s_pod(lab, node, "web-0", 10), k8s_pod(lab, node, "db-1", 11)
+    node = k8s_node(lab, "node-a", subnet)
     cluster.node("node-a")
-    cluster.pod(ns, "web-0", "node-a", web)
-    cluster.pod(ns, "db-1", "node-a", db)
+    cluster.pod(ns, "web-0", "node-a", k8s_pod(lab, node, "web-0", 10))
+    cluster.pod(ns, "db-1", "node-a", k8s_pod(lab, node, "db-1", 11))
+    return ns, node
+
+
+def test_pod_to_pod_on_one_node(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 61)
+    web, db = "10.200.61.10", "10.200.61.11"
     agent = agents("node-a", node.ns.path)
 
     cluster.apply(packet_trace("web-to-db", ns, {"pod": "web-0"}, {"pod": "db-1"},
@@ -175,15 +180,6 @@ def test_missing_pod_ends_failed_with_a_condition(cluster: Any, agents: Any, lab
     assert valid["message"] == f"destination pod {ns}/db-9 does not exist"
     assert body["status"]["result"] == f"invalid: destination pod {ns}/db-9 does not exist"
     assert "InvalidSpec" in events_of(cluster, ns, "to-nowhere")
-
-
-def one_node_with_two_pods(cluster: Any, lab: Netlab, subnet: int) -> tuple[str, Any]:
-    ns = fresh_namespace(cluster)
-    node = k8s_node(lab, "node-a", subnet)
-    cluster.node("node-a")
-    cluster.pod(ns, "web-0", "node-a", k8s_pod(lab, node, "web-0", 10))
-    cluster.pod(ns, "db-1", "node-a", k8s_pod(lab, node, "db-1", 11))
-    return ns, node
 
 
 def wait_for(what: str, check: Any, timeout: float = 20) -> Any:
