@@ -94,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ring buffer size, a power of two (default 4M)")
     trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
                        help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
+    trace.add_argument("--latency", action="store_true",
+                       help="text: show the time since each packet's first hop (+0.021ms)")
     trace.add_argument("--no-drops", action="store_true",
-                       help="only the path: do not hook skb:kfree_skb (no drops, no fates)")
+                       help="only the path: do not hook skb:kfree_skb and icmp:icmp_send")
 
     demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
                           description="Build a docker-like network in temporary namespaces (a "
@@ -149,11 +151,12 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     require_tracing()
     require_btf()
     stop = threading.Event()
-    hooks = [h for h in Hook if not (args.no_drops and h == Hook.KFREE_SKB)]
+    fates = (Hook.KFREE_SKB, Hook.ICMP_SEND)
+    hooks = [h for h in Hook if not (args.no_drops and h in fates)]
     with stop_on_signals(stop), Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
                                        ring_bytes=args.buffer_size) as tracer:
         announce(tracer, err)
-        run(tracer, stop, out, err, as_json=args.json, count=args.count)
+        run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count)
     return 0
 
 

@@ -23,6 +23,7 @@ class Hook(enum.IntEnum):
     NET_DEV_QUEUE = 1
     NETIF_RECEIVE_SKB = 2
     KFREE_SKB = 3
+    ICMP_SEND = 4
 
     @property
     def tracepoint(self) -> str:

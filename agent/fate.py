@@ -78,6 +78,45 @@ EXPLAIN_BY_LOCATION = {
 }
 
 
+UNREACHABLE_CODES = {0: "network unreachable", 1: "host unreachable",
+                     2: "protocol unreachable", 3: "port unreachable",
+                     4: "fragmentation needed", 5: "source route failed",
+                     9: "network administratively prohibited",
+                     10: "host administratively prohibited",
+                     13: "communication administratively prohibited"}
+
+
+def icmp_error_text(kind: int, code: int, mtu: int = 0) -> str:
+    """An ICMP error the kernel sent, in words."""
+    if kind == 3:
+        words = f"destination unreachable ({UNREACHABLE_CODES.get(code, f'code {code}')}"
+        return words + (f", next-hop MTU {mtu})" if code == 4 and mtu else ")")
+    if kind == 11:
+        return "time exceeded (" + ("TTL expired in transit" if code == 0 else
+                                    "fragment reassembly") + ")"
+    if kind == 12:
+        return "parameter problem"
+    if kind == 5:
+        return "redirect"
+    return f"ICMP type {kind} code {code}"
+
+
+@dataclass(frozen=True)
+class IcmpSent:
+    """An ICMP error the kernel sent about a packet."""
+
+    type: int
+    code: int
+    to: str | None
+    mtu: int = 0
+
+    @property
+    def text(self) -> str:
+        """In words, with where it went."""
+        to = f" to {self.to}" if self.to else ""
+        return f"ICMP {icmp_error_text(self.type, self.code, self.mtu)} sent{to}"
+
+
 @dataclass(frozen=True)
 class Fate:
     """What became of a freed packet."""
@@ -86,6 +125,7 @@ class Fate:
     reason: str
     location: str
     explain: str | None = None
+    icmp_sent: IcmpSent | None = None
 
 
 class FateJudge:
@@ -97,6 +137,8 @@ class FateJudge:
         self._symbols = symbols
         self._requests: deque[tuple[int, int, str | None, str | None]] = deque(maxlen=memory)
         self._request_set: set[tuple[int, int, str | None, str | None]] = set()
+        self._errors: dict[int, IcmpSent] = {}  # by skb address, until its free arrives
+        self._memory = memory
 
     @property
     def symbols(self) -> Symbols:
@@ -114,9 +156,26 @@ class FateJudge:
             self._requests.append(key)
             self._request_set.add(key)
 
+    def icmp_sent(self, skb: int, packet: Packet, type_code: int, mtu: int) -> IcmpSent:
+        """Remember that the kernel answered the packet at skb with an ICMP error."""
+        sent = IcmpSent(type_code >> 8, type_code & 0xFF, packet.src, mtu)
+        if len(self._errors) >= self._memory:
+            self._errors.pop(next(iter(self._errors)))
+        self._errors[skb] = sent
+        return sent
+
     def judge(self, packet: Packet, reason: int, location: int,
-              stack: tuple[int, ...]) -> Fate:
-        """The fate of a packet freed with reason at location."""
+              stack: tuple[int, ...], skb: int = 0) -> Fate:
+        """The fate of a packet freed with reason at location (with any ICMP error sent)."""
+        fate = self._judge(packet, reason, location, stack)
+        sent = self._errors.pop(skb, None) if skb else None
+        if sent is None:
+            return fate
+        explain = "; ".join(w for w in (fate.explain, sent.text) if w)
+        return Fate(fate.drop, fate.reason, fate.location, explain, sent)
+
+    def _judge(self, packet: Packet, reason: int, location: int,
+               stack: tuple[int, ...]) -> Fate:
         name = self._reasons.get(reason, f"reason {reason}")
         where = self.symbols.name(location)
         if name == "QUEUE_PURGE":

@@ -50,10 +50,15 @@ def _endpoint(addr: str | None, port: int) -> str:
     return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
 
 
-def text_line(hop: Hop) -> str:
-    """The hop as one line of text; a free ends with DROPPED (why) or delivered."""
+def text_line(hop: Hop, latency: bool = False) -> str:
+    """The hop as one line of text; a free ends with DROPPED (why) or delivered.
+
+    With latency, the time since the packet's first hop follows the addresses (+0.021ms).
+    """
     e = hop.event
     line = f"[{e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    if latency and hop.since_first_ns is not None:
+        line += f" +{hop.since_first_ns / 1e6:.3f}ms"
     if hop.fate is not None:
         if hop.fate.drop:
             line += f"  DROPPED {hop.fate.reason}"
@@ -97,9 +102,15 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "arp_op": ARP_OPS.get(p.arp_op, p.arp_op) if p.arp_op is not None else None,
         "fragment": True if p.fragment else None,
         "truncated": True if p.truncated else None,
+        "since_first_ns": hop.since_first_ns,
     }
     if hop.fate is not None:
         optional.update(drop=hop.fate.drop, drop_reason=hop.fate.reason,
                         location=hop.fate.location, explain=hop.fate.explain)
+        sent = hop.fate.icmp_sent
+        if sent is not None:
+            optional["icmp_sent"] = {"type": sent.type, "code": sent.code, "to": sent.to,
+                                     **({"mtu": sent.mtu} if sent.mtu else {}),
+                                     "text": sent.text}
     obj.update((k, v) for k, v in optional.items() if v is not None)
     return obj

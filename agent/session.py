@@ -52,11 +52,11 @@ def announce(tracer: Tracer, err: TextIO) -> None:
     message(err, f"tracing {tracer.filter.describe()} at {hooks} ({kind}); Ctrl-C stops")
 
 
-def formatter(as_json: bool) -> Callable[[Hop], str]:
+def formatter(as_json: bool, latency: bool = False) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line."""
     if as_json:
         return lambda hop: json.dumps(json_object(hop), separators=(",", ":"))
-    return text_line
+    return lambda hop: text_line(hop, latency)
 
 
 @contextmanager
@@ -79,11 +79,12 @@ def run(
     err: TextIO,
     *,
     as_json: bool = False,
+    latency: bool = False,
     count: int = 0,
     on_hop: Callable[[Hop], None] | None = None,
 ) -> SessionResult:
     """Write hops to out until stop is set or count hops were written; then the summary."""
-    fmt = formatter(as_json)
+    fmt = formatter(as_json, latency)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
     while True:

@@ -9,13 +9,14 @@ import ctypes
 import errno
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.errors import PktpathError
 from agent.event import Counter, Hook, RawEvent, decode_event
 from agent.fate import Fate, FateJudge
 from agent.filters import TraceFilter
 from agent.kernel import drop_reasons
+from agent.latency import SinceFirst
 from agent.packet import Packet, decode
 from agent.probes import DEFAULT_RING_BYTES, LoadReport, Probes
 
@@ -27,6 +28,7 @@ class Hop:
     event: RawEvent
     packet: Packet
     fate: Fate | None = None
+    since_first_ns: int | None = None  # time since this packet's first hop
 
     @property
     def hook(self) -> Hook | None:
@@ -37,14 +39,21 @@ class Hop:
             return None
 
 
-def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop:
-    """Decode one ring-buffer record into a hop; with a judge, frees get their fate."""
+def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None:
+    """Decode one ring-buffer record into a hop; with a judge, frees get their fate.
+
+    An ICMP error the kernel sends is not a hop: the judge ties it to the packet's free.
+    """
     event = decode_event(record)
     packet = decode(event.data, event.l2, event.protocol)
     if judge is None:
         return Hop(event, packet)
     if event.hook == Hook.KFREE_SKB:
-        return Hop(event, packet, judge.judge(packet, event.reason, event.location, event.stack))
+        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb)
+        return Hop(event, packet, fate)
+    if event.hook == Hook.ICMP_SEND:
+        judge.icmp_sent(event.skb, packet, event.reason, event.location)
+        return None
     judge.observe(packet)
     return Hop(event, packet)
 
@@ -66,6 +75,7 @@ class Tracer:
         self._pending: list[bytes] = []
         self._rb = 0
         self._judge: FateJudge | None = None
+        self._since_first = SinceFirst()
 
     def __enter__(self) -> Tracer:
         try:
@@ -109,7 +119,12 @@ class Tracer:
 
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []
-        return [hop_from_record(record, self._judge) for record in batch]
+        hops = []
+        for record in batch:
+            hop = hop_from_record(record, self._judge)
+            if hop is not None:
+                hops.append(replace(hop, since_first_ns=self._since_first(hop.event, hop.packet)))
+        return hops
 
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Trace only these namespaces (the filter must have netns_set)."""

@@ -19,6 +19,7 @@ enum pktpath_hook {
 	PKTPATH_HOOK_NET_DEV_QUEUE = 1,     /* net:net_dev_queue, transmit */
 	PKTPATH_HOOK_NETIF_RECEIVE_SKB = 2, /* net:netif_receive_skb, receive */
 	PKTPATH_HOOK_KFREE_SKB = 3,         /* skb:kfree_skb, the kernel dropped the packet */
+	PKTPATH_HOOK_ICMP_SEND = 4,         /* icmp:icmp_send, the kernel answers it with an error */
 };
 
 /* pktpath_event.flags */
@@ -31,13 +32,15 @@ enum pktpath_event_flag {
 struct pktpath_event {
 	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u64 skb;                     /* address of the struct sk_buff */
-	__u64 location;                /* kfree_skb: the address that freed it */
+	__u64 location;                /* kfree_skb: the address that freed it;
+					  icmp_send: MTU of the route's device */
 	__u64 stack[PKTPATH_STACK_DEPTH]; /* kfree_skb: kernel return addresses, 0-terminated */
 	__u32 netns;                   /* inode of the device's network namespace, 0 without one */
 	__u32 ifindex;
 	__u32 len;                     /* bytes of the packet from data[0] on */
 	__u32 cpu;
-	__u32 reason;                  /* kfree_skb: enum skb_drop_reason of the running kernel */
+	__u32 reason;                  /* kfree_skb: enum skb_drop_reason of the running kernel;
+					  icmp_send: ICMP type << 8 | code */
 	__u16 cap_len;                 /* bytes of data[] that are valid */
 	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
 	__u16 vlan_tci;

@@ -304,6 +304,13 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	e->location = location;
 	e->reason = reason;
 	e->stack[0] = 0;
+	if (hook == PKTPATH_HOOK_ICMP_SEND) {
+		/* the MTU a fragmentation-needed error announces: the route's device's */
+		unsigned long refdst = READ(btf, skb, _skb_refdst);
+		struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
+
+		e->location = dst ? BPF_CORE_READ(dst, dev, mtu) : 0;
+	}
 	if (hook == PKTPATH_HOOK_KFREE_SKB) {
 		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 		__u64 end = n > 0 ? (__u64)n / 8 : 0;
@@ -345,8 +352,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	__u16 type = 0;
 
 	if (!dev) {
-		/* only a free can have no device (it left the device behind, e.g. in a socket) */
-		if (hook != PKTPATH_HOOK_KFREE_SKB || cfg.netns || cfg.netns_set || cfg.ifname[0])
+		/* a free or an error can come without a device (e.g. from a socket) */
+		if (hook < PKTPATH_HOOK_KFREE_SKB || cfg.netns || cfg.netns_set || cfg.ifname[0])
 			return 0;
 	} else {
 		type = READ(btf, dev, type);
@@ -367,8 +374,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	}
 
 	data = READ(btf, skb, data);
-	if (hook == PKTPATH_HOOK_KFREE_SKB) {
-		/* freed anywhere on its way: the headers are where the stack last put them */
+	if (hook == PKTPATH_HOOK_KFREE_SKB || hook == PKTPATH_HOOK_ICMP_SEND) {
+		/* anywhere on its way: the headers are where the stack last put them */
 		unsigned char *head = READ(btf, skb, head);
 		__u16 net = READ(btf, skb, network_header);
 		__u16 mac = READ(btf, skb, mac_header);
@@ -419,6 +426,12 @@ int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location, int reason)
 	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, true, (__u64)location, reason);
 }
 
+SEC("tp_btf/icmp_send")
+int BPF_PROG(tp_btf_icmp_send, struct sk_buff *skb, int type, int code)
+{
+	return handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, true, 0, (type & 0xFF) << 8 | (code & 0xFF));
+}
+
 SEC("raw_tp/net_dev_queue")
 int BPF_PROG(raw_tp_net_dev_queue, struct sk_buff *skb)
 {
@@ -435,4 +448,10 @@ SEC("raw_tp/kfree_skb")
 int BPF_PROG(raw_tp_kfree_skb, struct sk_buff *skb, void *location, int reason)
 {
 	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, false, (__u64)location, reason);
+}
+
+SEC("raw_tp/icmp_send")
+int BPF_PROG(raw_tp_icmp_send, struct sk_buff *skb, int type, int code)
+{
+	return handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, false, 0, (type & 0xFF) << 8 | (code & 0xFF));
 }

@@ -71,7 +71,10 @@ def test_ttl_expiry_at_the_router(lab: Netlab, trace: Any) -> None:
     net.c1.sh("ping", "-c1", "-W1", "-t1", net.c2_addr, check=False)
     drop = last_drop(run.stop().events())
     assert (drop["netns"], drop["ifname"], drop["ttl"]) == (net.router.inode, "to-c1", 1)
-    assert (drop["drop_reason"], drop["explain"]) == ("IP_INHDR", "TTL expired")
+    assert (drop["drop_reason"], drop["explain"]) == (
+        "IP_INHDR", f"TTL expired; ICMP time exceeded (TTL expired in transit) sent to "
+        f"{net.c1_addr}")
+    assert (drop["icmp_sent"]["type"], drop["icmp_sent"]["code"]) == (11, 0)
 
 
 def test_reverse_path_filter(lab: Netlab, trace: Any) -> None:
@@ -96,6 +99,10 @@ def test_dont_fragment_packet_over_a_smaller_mtu(lab: Netlab, trace: Any) -> Non
     drop = last_drop(run.stop().events())
     assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
         net.router.inode, "to-c1", "PKT_TOO_BIG")
+    assert drop["icmp_sent"] == {
+        "type": 3, "code": 4, "to": net.c1_addr, "mtu": 1280,
+        "text": f"ICMP destination unreachable (fragmentation needed, next-hop MTU 1280) "
+                f"sent to {net.c1_addr}"}
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -121,6 +128,8 @@ def test_unreachable_route_on_the_router(lab: Netlab, trace: Any) -> None:
         net.router.inode, "to-c1", "NOT_SPECIFIED")
     assert drop["location"].startswith("ip_error+0x")
     assert drop["explain"].startswith("no route: the routing lookup failed")
+    assert drop["icmp_sent"]["text"] == (
+        f"ICMP destination unreachable (host unreachable) sent to {net.c1_addr}")
 
 
 def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
@@ -131,4 +140,5 @@ def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
     drop = last_drop(run.stop().events())
     assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
         net.c1.inode, "eth0", "NEIGH_FAILED")
-    assert drop["explain"] == "neighbour unreachable (no ARP/ND answer)"
+    assert drop["explain"] == ("neighbour unreachable (no ARP/ND answer); ICMP destination "
+                               f"unreachable (host unreachable) sent to {net.c1_addr}")

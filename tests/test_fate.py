@@ -66,3 +66,28 @@ def test_evidence_memory_is_bounded() -> None:
     for seq in (2, 3):
         j.observe(Packet(src="10.0.0.1", dst="10.0.0.2", icmp_type=8, icmp_id=7, icmp_seq=seq))
     assert j.judge(REPLY, 3, 0, ()).drop is True, "the oldest evidence was forgotten"
+
+
+def test_an_icmp_error_is_tied_to_the_free_of_its_packet() -> None:
+    j = judge()
+    expired = Packet(family="ipv4", src="10.0.0.1", dst="10.0.9.9", ttl=1)
+    j.icmp_sent(0xABC, expired, 11 << 8 | 0, 1500)
+    other = j.judge(expired, 9, 0x3010, (), skb=0xDEF)
+    assert other.icmp_sent is None
+    fate = j.judge(expired, 9, 0x3010, (), skb=0xABC)
+    assert fate.icmp_sent is not None
+    assert fate.explain == ("TTL expired; ICMP time exceeded (TTL expired in transit) sent to "
+                            "10.0.0.1")
+
+
+@pytest.mark.parametrize("kind, code, mtu, text", [
+    (3, 3, 0, "destination unreachable (port unreachable)"),
+    (3, 4, 1280, "destination unreachable (fragmentation needed, next-hop MTU 1280)"),
+    (3, 13, 0, "destination unreachable (communication administratively prohibited)"),
+    (11, 1, 0, "time exceeded (fragment reassembly)"),
+    (42, 7, 0, "ICMP type 42 code 7"),
+])
+def test_icmp_errors_in_words(kind: int, code: int, mtu: int, text: str) -> None:
+    from agent.fate import icmp_error_text
+
+    assert icmp_error_text(kind, code, mtu) == text

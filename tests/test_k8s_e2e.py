@@ -204,7 +204,7 @@ def test_deleting_a_running_trace_stops_its_probes_at_once(cluster: Any, agents:
     cluster.apply(packet_trace("long", ns, {"pod": "web-0"}, {"pod": "db-1"},
                                probe={"count": 500, "interval": "100ms"}, timeout="60s"))
     wait_for("probes", lambda: probes_sent(cluster, ns, "long") >= 3)
-    assert agent.metrics()["pktpath_programs_attached"] == 3  # transmit, receive, drops
+    assert agent.metrics()["pktpath_programs_attached"] == 4  # transmit, receive, drops, ICMP
 
     cluster.kubectl("delete", "packettrace", "long", "-n", ns)
     wait_for("the session to end", lambda: agent.metrics()["pktpath_traces_running"] == 0, 5)

@@ -70,6 +70,10 @@ def test_ping_into_container_crosses_bridge_veth_eth0_and_back(
     assert {(e["family"], e["proto"], e["icmp_seq"]) for e in events} == {("ipv4", "icmp", 1)}
     assert len({e["icmp_id"] for e in events}) == 1
     assert len({e["skb"] for e in events[:3]}) == 1, "one skb from host to container"
+    since = [e["since_first_ns"] for e in events]
+    assert since[0] == 0 and since[3] == 0, "the request and the reply each start at 0"
+    assert since[:3] == sorted(since[:3]) and since[3:] == sorted(since[3:])
+    assert since[2] > 0
     assert all(e["len"] == 98 for e in events[:6]), "14 Ethernet + 20 IP + 64 ICMP bytes"
     assert run.returncode == 0
     assert f"({hook_type})" in run.stderr
@@ -164,7 +168,18 @@ def test_udp_datagram_with_its_ports(lab: Netlab, trace: Any) -> None:
     assert {(e["proto"], e["src"], e["sport"], e["dst"], e["dport"]) for e in events} == {
         ("udp", net.host_addr, 40000, net.container_addr, 5353)}
     assert "icmp_type" not in events[0] and "tcp_flags" not in events[0]
-    assert events[-1]["explain"] == "no socket was listening"
+    assert events[-1]["explain"] == ("no socket was listening; ICMP destination unreachable "
+                                     f"(port unreachable) sent to {net.host_addr}")
+
+
+def test_latency_in_text(lab: Netlab, trace: Any) -> None:
+    net = docker_like(lab, 24)
+    run = trace("--proto", "icmp", "--host", net.container_addr, "--latency", "--no-drops")
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    lines = run.stop().lines()
+    times = [float(re.search(r" \+(\d+\.\d{3})ms$", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert times[0] == 0.0 and times[3] == 0.0
+    assert times[:3] == sorted(times[:3])
 
 
 def test_udp_text_line(lab: Netlab, trace: Any) -> None:
@@ -283,8 +298,8 @@ def test_nothing_stays_attached_after_exit(lab: Netlab, trace: Any) -> None:
     before = {p["id"] for p in loaded_programs()}
     run = trace("--proto", "icmp", "--host", "10.200.23.9")
     ours = {p["id"]: p["name"] for p in loaded_programs() if p["id"] not in before}
-    assert sorted(ours.values()) == ["tp_btf_kfree_skb", "tp_btf_net_dev_queue",
-                                     "tp_btf_netif_receive_skb"]
+    assert sorted(ours.values()) == ["tp_btf_icmp_send", "tp_btf_kfree_skb",
+                                     "tp_btf_net_dev_queue", "tp_btf_netif_receive_skb"]
     run.stop()
     assert programs_gone(set(ours)), "the kernel still holds pktpath's programs after exit"
 
