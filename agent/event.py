@@ -83,6 +83,7 @@ EVENT_FIELDS = [
     ("hook", "B"),
     ("flags", "B"),
     ("pad", "2s"),
+    ("nexthop", "16s"),
     ("ifname", f"{IFNAMSIZ}s"),
     ("data", f"{SNAPLEN}s"),
 ]
@@ -126,6 +127,7 @@ class RawEvent:
     location: int = 0  # kfree_skb: the address that freed the packet
     reason: int = 0  # kfree_skb: enum skb_drop_reason value
     stack: tuple[int, ...] = ()  # kfree_skb: kernel return addresses, innermost first
+    nexthop: bytes = b""  # kfree_skb NEIGH_FAILED: the gateway's address (zeros: on-link)
 
 
 def decode_event(record: bytes | memoryview) -> RawEvent:
@@ -135,7 +137,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
     (time_ns, skb, location, *rest) = _HEADER.unpack_from(record)
     stack, rest = rest[:STACK_DEPTH], rest[STACK_DEPTH:]
     (netns, ifindex, length, cpu, reason, cap_len, protocol, vlan_tci, vlan_proto, hook, flags,
-     _pad, ifname) = rest
+     _pad, nexthop, ifname) = rest
     cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
     vlan = bool(flags & EventFlag.VLAN)
     return RawEvent(
@@ -155,4 +157,5 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         location=location,
         reason=reason,
         stack=tuple(itertools.takewhile(bool, stack)),
+        nexthop=nexthop,
     )

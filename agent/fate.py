@@ -15,8 +15,9 @@ free loses a packet. pktpath decides by evidence, and these are the rules (READM
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.kernel import Symbols
 from agent.packet import Packet
@@ -128,6 +129,15 @@ class Fate:
     icmp_sent: IcmpSent | None = None
 
 
+def _address(raw: bytes, packet: Packet) -> str | None:
+    """The next hop in raw (IPv4 in the first 4 bytes), or None when it is all zeros."""
+    if not raw.strip(b"\0"):
+        return None
+    if packet.family == "ipv6" and len(raw) >= 16:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return str(ipaddress.IPv4Address(raw[:4]))
+
+
 class FateJudge:
     """Decides the fate of kfree_skb events from the trace's own evidence."""
 
@@ -165,9 +175,13 @@ class FateJudge:
         return sent
 
     def judge(self, packet: Packet, reason: int, location: int,
-              stack: tuple[int, ...], skb: int = 0) -> Fate:
+              stack: tuple[int, ...], skb: int = 0, nexthop: bytes = b"") -> Fate:
         """The fate of a packet freed with reason at location (with any ICMP error sent)."""
         fate = self._judge(packet, reason, location, stack)
+        if fate.reason == "NEIGH_FAILED":
+            neighbour = _address(nexthop, packet) or packet.dst
+            fate = replace(fate, explain=f"neighbour {neighbour} unreachable (FAILED: no "
+                                         f"{'ND' if packet.family == 'ipv6' else 'ARP'} answer)")
         sent = self._errors.pop(skb, None) if skb else None
         if sent is None:
             return fate

@@ -49,7 +49,8 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None
     if judge is None:
         return Hop(event, packet)
     if event.hook == Hook.KFREE_SKB:
-        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb)
+        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
+                           event.nexthop)
         return Hop(event, packet, fate)
     if event.hook == Hook.ICMP_SEND:
         judge.icmp_sent(event.skb, packet, event.reason, event.location)

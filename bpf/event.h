@@ -48,6 +48,8 @@ struct pktpath_event {
 	__u8 hook;                     /* enum pktpath_hook */
 	__u8 flags;                    /* enum pktpath_event_flag */
 	__u8 pad[2];
+	__u8 nexthop[16];              /* kfree_skb NEIGH_FAILED: the neighbour that did not answer
+					  (IPv4 in the first 4 bytes); zero otherwise */
 	char ifname[PKTPATH_IFNAMSIZ];
 	__u8 data[PKTPATH_SNAPLEN];
 };

@@ -57,6 +57,7 @@ enum pktpath_counter unused_counter __attribute__((unused));
 #define ARPHRD_ETHER 1
 #define ARPHRD_LOOPBACK 772
 #define IP_OFFSET 0x1FFF /* fragment offset bits of frag_off */
+#define AF_INET 2
 
 /* Packet memory. Under tp_btf, bpf_rdonly_cast(p, 0) (Linux 6.17+; the verifier inlines it)
  * makes it readable with plain loads that read zero on a fault, far cheaper than a helper call;
@@ -283,6 +284,28 @@ static __always_inline __u32 netns_of(struct net_device *dev, bool btf)
 	return btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
 }
 
+/* The neighbour a packet waited for: its route's gateway (rtable, rt6_info), else zero (the
+ * destination itself, on-link). Only read for NEIGH_FAILED drops. */
+static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h, __u8 *out,
+					 bool btf)
+{
+	unsigned long refdst = READ(btf, skb, _skb_refdst);
+	void *dst = (void *)(refdst & ~1UL);
+
+	if (!dst)
+		return;
+	if (h->ethertype == ETH_P_IP) {
+		struct rtable *rt = dst;
+
+		if (BPF_CORE_READ(rt, rt_gw_family) == AF_INET)
+			BPF_CORE_READ_INTO((__u32 *)out, rt, rt_gw4);
+	} else if (h->ethertype == ETH_P_IPV6) {
+		struct rt6_info *rt = dst;
+
+		BPF_CORE_READ_INTO((struct in6_addr *)out, rt, rt6i_gateway);
+	}
+}
+
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
 				 __u32 reason)
@@ -311,6 +334,10 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 
 		e->location = dst ? BPF_CORE_READ(dst, dev, mtu) : 0;
 	}
+	__builtin_memset(e->nexthop, 0, sizeof(e->nexthop));
+	if (hook == PKTPATH_HOOK_KFREE_SKB &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NEIGH_FAILED))
+		neighbour_of(skb, h, e->nexthop, btf);
 	if (hook == PKTPATH_HOOK_KFREE_SKB) {
 		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 		__u64 end = n > 0 ? (__u64)n / 8 : 0;

@@ -132,6 +132,14 @@ def test_unreachable_route_on_the_router(lab: Netlab, trace: Any) -> None:
         f"ICMP destination unreachable (host unreachable) sent to {net.c1_addr}")
 
 
+def test_an_on_link_neighbour_that_never_answers(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 54, 55)
+    run = trace("--proto", "icmp", "--host", "10.200.54.77", "--json")
+    net.c1.sh("ping", "-c1", "-W5", "10.200.54.77", check=False)
+    drop = last_drop(run.stop().events())
+    assert drop["explain"].startswith("neighbour 10.200.54.77 unreachable (FAILED: no ARP answer)")
+
+
 def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
     net = routed(lab, 51, 52)
     net.c1.ip("route", "add", "10.200.53.0/24", "via", "10.200.51.99")  # nobody has .99
@@ -140,5 +148,5 @@ def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
     drop = last_drop(run.stop().events())
     assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
         net.c1.inode, "eth0", "NEIGH_FAILED")
-    assert drop["explain"] == ("neighbour unreachable (no ARP/ND answer); ICMP destination "
-                               f"unreachable (host unreachable) sent to {net.c1_addr}")
+    assert drop["explain"] == ("neighbour 10.200.51.99 unreachable (FAILED: no ARP answer); ICMP "
+                               f"destination unreachable (host unreachable) sent to {net.c1_addr}")

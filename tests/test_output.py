@@ -17,7 +17,7 @@ def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
     return EVENT_STRUCT.pack(
         123456789, 0xFFFF888012345678, 0, *([0] * STACK_DEPTH), netns, 3, len(frame), 1, 0,
         len(frame), struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook,
-        flags, b"", ifname.encode(), frame)
+        flags, b"", b"", ifname.encode(), frame)
 
 
 def test_echo_request_line_is_the_articles() -> None:
