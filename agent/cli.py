@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 missing privilege / kernel feature / failure while tracing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -15,7 +16,8 @@ from agent import __version__, netns
 from agent.errors import EXIT_USAGE, PktpathError, UsageError
 from agent.event import Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
-from agent.privileges import require_btf, require_tracing
+from agent.nftrace import NfTrace
+from agent.privileges import require_btf, require_network_admin, require_tracing
 from agent.probes import DEFAULT_RING_BYTES
 from agent.session import announce, message, run, stop_on_signals
 from agent.tracer import Tracer
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
     trace.add_argument("--latency", action="store_true",
                        help="text: show the time since each packet's first hop (+0.021ms)")
+    trace.add_argument("--nf-trace", action="store_true",
+                       help="name the nftables/iptables rule that dropped a packet (adds a "
+                       "table of its own while tracing, removed on exit)")
     trace.add_argument("--no-drops", action="store_true",
                        help="only the path: do not hook skb:kfree_skb and icmp:icmp_send")
 
@@ -131,8 +136,8 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
                         help="one JSON object per event (keys in README.md)")
 
 
-def filter_from_args(args: argparse.Namespace) -> TraceFilter:
-    """The trace filter the flags ask for, with namespaces and interfaces checked."""
+def filter_from_args(args: argparse.Namespace) -> tuple[TraceFilter, netns.Netns | None]:
+    """The trace filter the flags ask for (and the --netns namespace), checked."""
     ns = netns.resolve(args.netns) if args.netns else None
     if args.interface:
         netns.find_interface(args.interface, ns)
@@ -142,21 +147,34 @@ def filter_from_args(args: argparse.Namespace) -> TraceFilter:
         port=parse_port(args.port) if args.port else 0,
         netns=ns.inode if ns else 0,
         ifname=args.interface or "",
-    )
+    ), ns
 
 
 def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``pktpath trace``."""
-    trace_filter = filter_from_args(args)
+    trace_filter, ns = filter_from_args(args)
+    if args.nf_trace and args.no_drops:
+        raise UsageError("--nf-trace names the rule behind a drop: it needs the drops "
+                         "(leave out --no-drops)")
     require_tracing()
     require_btf()
+    if args.nf_trace:
+        require_network_admin("--nf-trace")
     stop = threading.Event()
     fates = (Hook.KFREE_SKB, Hook.ICMP_SEND)
     hooks = [h for h in Hook if not (args.no_drops and h in fates)]
-    with stop_on_signals(stop), Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
-                                       ring_bytes=args.buffer_size) as tracer:
+    nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
+    with stop_on_signals(stop), nf or contextlib.nullcontext(), \
+            Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
+                   ring_bytes=args.buffer_size) as tracer:
+        if nf is not None:
+            for where in nf.removed_stale:
+                message(err, f"removed {where}, left by a pktpath that was killed")
+            names = ", ".join(n.name or n.path for n in nf.namespaces) or "no namespace"
+            message(err, f"nftables tracing on in {names}")
         announce(tracer, err)
-        run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count)
+        run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count,
+            annotate=nf.annotate if nf else None)
     return 0
 
 

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from agent.kernel import Symbols
+from agent.nftrace import NfRule
 from agent.packet import Packet
 
 # Functions whose frame, just above nf_hook_slow, tells which netfilter hook ran.
@@ -127,6 +128,7 @@ class Fate:
     location: str
     explain: str | None = None
     icmp_sent: IcmpSent | None = None
+    nf_rule: NfRule | None = None  # with --nf-trace: the nftables rule that decided
 
 
 def _address(raw: bytes, packet: Packet) -> str | None:

@@ -107,6 +107,11 @@ def json_object(hop: Hop) -> dict[str, Any]:
     if hop.fate is not None:
         optional.update(drop=hop.fate.drop, drop_reason=hop.fate.reason,
                         location=hop.fate.location, explain=hop.fate.explain)
+        rule = hop.fate.nf_rule
+        if rule is not None:
+            optional["nf_rule"] = {"family": rule.family, "table": rule.table,
+                                   "chain": rule.chain, "handle": rule.handle,
+                                   "rule": rule.rule, "verdict": rule.verdict}
         sent = hop.fate.icmp_sent
         if sent is not None:
             optional["icmp_sent"] = {"type": sent.type, "code": sent.code, "to": sent.to,

@@ -34,12 +34,12 @@ def require_tracing(caps: int | None = None) -> None:
                            "run it with sudo")
 
 
-def require_network_admin(caps: int | None = None) -> None:
-    """Raise unless this process can create network namespaces and interfaces."""
+def require_network_admin(what: str = "pktpath demo", caps: int | None = None) -> None:
+    """Raise unless this process can change namespaces' networking (and enter them)."""
     caps = effective_capabilities() if caps is None else caps
     if not _has(caps, CAP_NET_ADMIN, CAP_SYS_ADMIN):
-        raise PktpathError("pktpath demo needs CAP_NET_ADMIN and CAP_SYS_ADMIN (or root) to "
-                           "build its namespaces: run it with sudo")
+        raise PktpathError(f"{what} needs CAP_NET_ADMIN and CAP_SYS_ADMIN (or root): run it "
+                           "with sudo")
 
 
 def require_btf(path: str = BTF_VMLINUX) -> None:

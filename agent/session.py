@@ -82,6 +82,7 @@ def run(
     latency: bool = False,
     count: int = 0,
     on_hop: Callable[[Hop], None] | None = None,
+    annotate: Callable[[Hop], Hop] | None = None,
 ) -> SessionResult:
     """Write hops to out until stop is set or count hops were written; then the summary."""
     fmt = formatter(as_json, latency)
@@ -91,6 +92,8 @@ def run(
         stopping = stop.is_set()
         hops = tracer.drain() if stopping else tracer.poll(100)
         for hop in hops:
+            if annotate is not None:
+                hop = annotate(hop)
             out.write(fmt(hop) + "\n")
             shown += 1
             if on_hop:

@@ -150,3 +150,44 @@ def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
         net.c1.inode, "eth0", "NEIGH_FAILED")
     assert drop["explain"] == ("neighbour 10.200.51.99 unreachable (FAILED: no ARP answer); ICMP "
                                f"destination unreachable (host unreachable) sent to {net.c1_addr}")
+
+
+def ruleset(ns: Any) -> str:
+    """The namespace's nftables ruleset, without counter values."""
+    return str(ns.sh("nft", "-s", "list", "ruleset").stdout)
+
+
+def test_nf_trace_names_the_rule_and_leaves_the_ruleset_as_it_was(
+        lab: Netlab, trace: Any, iptables: None) -> None:
+    net = docker_like(lab, 57)
+    net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-s", net.host_addr, "-j", "DROP")
+    before = ruleset(net.container)
+    run = trace("--nf-trace", "--proto", "icmp", "--host", net.container_addr, "--json")
+    assert f"nftables tracing on in {net.container.name}" in run.stderr
+    assert ruleset(net.container) != before, "tracing adds its own table"
+    net.host.sh("ping", "-c1", "-W1", net.container_addr, check=False)
+    drop = last_drop(run.stop().events())
+
+    assert drop["nf_rule"] == {"family": "ip", "table": "filter", "chain": "INPUT", "handle": 2,
+                               "rule": "meta l4proto icmp ip saddr 10.200.57.1 counter drop",
+                               "verdict": "drop"}
+    assert drop["explain"] == ("netfilter, ip family, input hook; rule ip filter INPUT rule "
+                               "handle 2: meta l4proto icmp ip saddr 10.200.57.1 counter drop")
+    assert ruleset(net.container) == before
+
+
+def test_nf_trace_cleans_up_after_a_killed_run(lab: Netlab, trace: Any, iptables: None) -> None:
+    import signal
+
+    net = docker_like(lab, 58)
+    net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
+    before = ruleset(net.container)
+    killed = trace("--nf-trace", "--proto", "icmp", "--netns", net.container.name)
+    killed.stop(signal.SIGKILL)
+    assert "pktpath_nftrace_" in ruleset(net.container), "SIGKILL leaves the table behind"
+
+    run = trace("--nf-trace", "--proto", "icmp", "--netns", net.container.name)
+    assert (f"removed inet pktpath_nftrace_{killed.proc.pid} in {net.container.name}, "
+            "left by a pktpath that was killed") in run.stderr
+    run.stop()
+    assert ruleset(net.container) == before
