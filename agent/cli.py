@@ -14,7 +14,7 @@ from typing import NoReturn, TextIO
 
 from agent import __version__, netns
 from agent.errors import EXIT_USAGE, PktpathError, UsageError
-from agent.event import Hook
+from agent.event import DEFAULT_HOOKS, Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
 from agent.nftrace import NfTrace
 from agent.privileges import require_btf, require_network_admin, require_tracing
@@ -101,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--nf-trace", action="store_true",
                        help="name the nftables/iptables rule that dropped a packet (adds a "
                        "table of its own while tracing, removed on exit)")
+    trace.add_argument("--routes", action="store_true",
+                       help="also the IPv4 routing lookups: the route each forwarded hop took "
+                       "(JSON route), and which route failed for a drop (costs more)")
     trace.add_argument("--no-drops", action="store_true",
-                       help="only the path: do not hook skb:kfree_skb and icmp:icmp_send")
+                       help="only the path: no drops or ICMP errors")
 
     demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
                           description="Build a docker-like network in temporary namespaces (a "
@@ -161,8 +164,10 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.nf_trace:
         require_network_admin("--nf-trace")
     stop = threading.Event()
-    fates = (Hook.KFREE_SKB, Hook.ICMP_SEND)
-    hooks = [h for h in Hook if not (args.no_drops and h in fates)]
+    path = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB)
+    hooks = [h for h in DEFAULT_HOOKS if h in path or not args.no_drops]
+    if args.routes:
+        hooks.append(Hook.FIB_TABLE_LOOKUP)
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
     with stop_on_signals(stop), nf or contextlib.nullcontext(), \
             Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,

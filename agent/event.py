@@ -24,6 +24,7 @@ class Hook(enum.IntEnum):
     NETIF_RECEIVE_SKB = 2
     KFREE_SKB = 3
     ICMP_SEND = 4
+    FIB_TABLE_LOOKUP = 5
 
     @property
     def tracepoint(self) -> str:
@@ -31,11 +32,17 @@ class Hook(enum.IntEnum):
         return self.name.lower()
 
 
+# What `trace` attaches by default: the path, drops and the kernel's ICMP errors. Routing lookups
+# run once per table per packet, so they are opt-in (`--routes`).
+DEFAULT_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND)
+
+
 class EventFlag(enum.IntFlag):
     """pktpath_event.flags (enum pktpath_event_flag)."""
 
     L2 = 1
     VLAN = 2
+    FLOW = 4
 
 
 class Proto(enum.IntEnum):
@@ -92,6 +99,16 @@ EVENT_STRUCT, EVENT_OFFSETS = _layout(EVENT_FIELDS)
 _HEADER = struct.Struct("<" + "".join(code for name, code in EVENT_FIELDS if name != "data"))
 DATA_OFFSET = EVENT_OFFSETS["data"][0]
 
+FLOW_FIELDS = [
+    ("saddr", "4s"),
+    ("daddr", "4s"),
+    ("sport", "2s"),
+    ("dport", "2s"),
+    ("proto", "B"),
+    ("pad", "3s"),
+]
+FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
+
 CONFIG_FIELDS = [
     ("host6", f"{16 * MAX_HOSTS}s"),
     ("host4", f"{4 * MAX_HOSTS}s"),
@@ -122,6 +139,7 @@ class RawEvent:
     vlan_proto: int | None
     hook: int
     l2: bool  # data starts with an Ethernet header
+    flow: bool  # data is a struct pktpath_flow (a routing lookup), not packet bytes
     ifname: str
     data: bytes
     location: int = 0  # kfree_skb: the address that freed the packet
@@ -152,6 +170,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         vlan_proto=int.from_bytes(vlan_proto.to_bytes(2, "little"), "big") if vlan else None,
         hook=hook,
         l2=bool(flags & EventFlag.L2),
+        flow=bool(flags & EventFlag.FLOW),
         ifname=ifname.split(b"\0", 1)[0].decode(errors="replace"),
         data=bytes(record[DATA_OFFSET:DATA_OFFSET + cap_len]),
         location=location,

@@ -119,6 +119,30 @@ class IcmpSent:
         return f"ICMP {icmp_error_text(self.type, self.code, self.mtu)} sent{to}"
 
 
+TABLES = {255: "local", 254: "main", 253: "default"}
+ROUTE_ERRORS = {113: "unreachable", 13: "prohibit", 22: "blackhole", 101: "no route",
+                11: "no route in this table"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing decision: which table, where to (or the error)."""
+
+    table: str
+    interface: str | None = None
+    gateway: str | None = None
+    error: str | None = None
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.error} route (table {self.table})"
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"table {self.table}{via} dev {self.interface}"
+
+
+ROUTE_WINDOW_NS = 50_000_000  # a lookup belongs to the packet the same CPU handles next
+
+
 @dataclass(frozen=True)
 class Fate:
     """What became of a freed packet."""
@@ -150,6 +174,7 @@ class FateJudge:
         self._requests: deque[tuple[int, int, str | None, str | None]] = deque(maxlen=memory)
         self._request_set: set[tuple[int, int, str | None, str | None]] = set()
         self._errors: dict[int, IcmpSent] = {}  # by skb address, until its free arrives
+        self._routes: dict[tuple[int, str | None, str | None], tuple[int, Route]] = {}
         self._memory = memory
 
     @property
@@ -168,6 +193,24 @@ class FateJudge:
             self._requests.append(key)
             self._request_set.add(key)
 
+    def route_lookup(self, cpu: int, time_ns: int, packet: Packet, table: int, error: int,
+                     interface: str, gateway: bytes) -> None:
+        """Remember a routing lookup for the packet this CPU handles next."""
+        errno = (1 << 32) - error if error & 0x80000000 else error  # the u32 of -errno
+        route = Route(TABLES.get(table, str(table)), interface or None,
+                      _address(gateway, packet),
+                      ROUTE_ERRORS.get(errno, f"error {errno}") if errno else None)
+        if len(self._routes) >= self._memory:
+            self._routes.pop(next(iter(self._routes)))
+        self._routes[(cpu, packet.src, packet.dst)] = (time_ns, route)
+
+    def route_of(self, cpu: int, time_ns: int, packet: Packet) -> Route | None:
+        """The routing decision for a packet this CPU handles now, if one was just made."""
+        found = self._routes.pop((cpu, packet.src, packet.dst), None)
+        if found is None or time_ns - found[0] > ROUTE_WINDOW_NS:
+            return None
+        return found[1]
+
     def icmp_sent(self, skb: int, packet: Packet, type_code: int, mtu: int) -> IcmpSent:
         """Remember that the kernel answered the packet at skb with an ICMP error."""
         sent = IcmpSent(type_code >> 8, type_code & 0xFF, packet.src, mtu)
@@ -177,9 +220,14 @@ class FateJudge:
         return sent
 
     def judge(self, packet: Packet, reason: int, location: int,
-              stack: tuple[int, ...], skb: int = 0, nexthop: bytes = b"") -> Fate:
-        """The fate of a packet freed with reason at location (with any ICMP error sent)."""
+              stack: tuple[int, ...], skb: int = 0, nexthop: bytes = b"",
+              route: Route | None = None) -> Fate:
+        """The fate of a packet freed with reason at location (with any ICMP error sent, and
+        the routing lookup that failed)."""
         fate = self._judge(packet, reason, location, stack)
+        if route is not None and route.error and fate.drop:
+            fate = replace(fate, explain=f"no route: {route.error} route to {packet.dst} "
+                                         f"(table {route.table})")
         if fate.reason == "NEIGH_FAILED":
             neighbour = _address(nexthop, packet) or packet.dst
             fate = replace(fate, explain=f"neighbour {neighbour} unreachable (FAILED: no "

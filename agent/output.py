@@ -104,6 +104,10 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "truncated": True if p.truncated else None,
         "since_first_ns": hop.since_first_ns,
     }
+    if hop.route is not None:
+        r = hop.route
+        optional["route"] = {k: v for k, v in (("table", r.table), ("interface", r.interface),
+                                                ("gateway", r.gateway), ("error", r.error)) if v}
     if hop.fate is not None:
         optional.update(drop=hop.fate.drop, drop_reason=hop.fate.reason,
                         location=hop.fate.location, explain=hop.fate.explain)

@@ -190,3 +190,15 @@ def _arp(data: bytes, offset: int, out: dict[str, object]) -> None:
     if pln == 4:
         out["src"] = str(ipaddress.IPv4Address(body[hln:hln + 4]))
         out["dst"] = str(ipaddress.IPv4Address(body[2 * hln + 4:2 * hln + 8]))
+
+
+def from_flow(data: bytes) -> Packet:
+    """The packet a routing lookup was for (struct pktpath_flow): addresses, protocol, ports."""
+    if len(data) < 13:
+        return Packet(truncated=True)
+    proto = data[12]
+    ports = struct.unpack(">HH", data[8:12]) if proto in (6, 17) else (None, None)
+    return Packet(ethertype=ETH_P_IP, family="ipv4", src=str(ipaddress.IPv4Address(data[0:4])),
+                  dst=str(ipaddress.IPv4Address(data[4:8])), ip_proto=proto,
+                  proto=IPPROTO_NAMES.get(proto, f"ip-proto-{proto}"), sport=ports[0],
+                  dport=ports[1])

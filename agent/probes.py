@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from agent.errors import PktpathError
-from agent.event import CONFIG_STRUCT, Counter, Hook
+from agent.event import CONFIG_STRUCT, DEFAULT_HOOKS, Counter, Hook
 from agent.libbpf import Libbpf, LibbpfError
 
 HOOK_TYPES = ("tp_btf", "raw_tp")
@@ -58,7 +58,7 @@ class Probes:
         self,
         config: bytes,
         *,
-        hooks: Iterable[Hook] = tuple(Hook),
+        hooks: Iterable[Hook] = DEFAULT_HOOKS,
         hook_type: str = "auto",
         ring_bytes: int = DEFAULT_RING_BYTES,
         libbpf: Libbpf | None = None,

@@ -12,12 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from agent.errors import PktpathError
-from agent.event import Counter, Hook, RawEvent, decode_event
-from agent.fate import Fate, FateJudge
+from agent.event import DEFAULT_HOOKS, Counter, Hook, RawEvent, decode_event
+from agent.fate import Fate, FateJudge, Route
 from agent.filters import TraceFilter
 from agent.kernel import drop_reasons
 from agent.latency import SinceFirst
-from agent.packet import Packet, decode
+from agent.packet import Packet, decode, from_flow
 from agent.probes import DEFAULT_RING_BYTES, LoadReport, Probes
 
 
@@ -29,6 +29,7 @@ class Hop:
     packet: Packet
     fate: Fate | None = None
     since_first_ns: int | None = None  # time since this packet's first hop
+    route: Route | None = None  # the routing decision that sent it out of this interface
 
     @property
     def hook(self) -> Hook | None:
@@ -42,21 +43,28 @@ class Hop:
 def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None:
     """Decode one ring-buffer record into a hop; with a judge, frees get their fate.
 
-    An ICMP error the kernel sends is not a hop: the judge ties it to the packet's free.
+    An ICMP error the kernel sends and a routing lookup are not hops: the judge ties them to the
+    packet's next transmit or free.
     """
     event = decode_event(record)
-    packet = decode(event.data, event.l2, event.protocol)
+    packet = from_flow(event.data) if event.flow else decode(event.data, event.l2,
+                                                             event.protocol)
     if judge is None:
         return Hop(event, packet)
-    if event.hook == Hook.KFREE_SKB:
-        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
-                           event.nexthop)
-        return Hop(event, packet, fate)
+    if event.hook == Hook.FIB_TABLE_LOOKUP:
+        judge.route_lookup(event.cpu, event.time_ns, packet, event.location, event.reason,
+                           event.ifname, event.nexthop)
+        return None
     if event.hook == Hook.ICMP_SEND:
         judge.icmp_sent(event.skb, packet, event.reason, event.location)
         return None
+    route = judge.route_of(event.cpu, event.time_ns, packet)
+    if event.hook == Hook.KFREE_SKB:
+        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
+                           event.nexthop, route)
+        return Hop(event, packet, fate, route=route)
     judge.observe(packet)
-    return Hop(event, packet)
+    return Hop(event, packet, route=route if event.hook == Hook.NET_DEV_QUEUE else None)
 
 
 class Tracer:
@@ -66,7 +74,7 @@ class Tracer:
         self,
         trace_filter: TraceFilter,
         *,
-        hooks: Iterable[Hook] = tuple(Hook),
+        hooks: Iterable[Hook] = DEFAULT_HOOKS,
         hook_type: str = "auto",
         ring_bytes: int = DEFAULT_RING_BYTES,
     ) -> None:

@@ -20,12 +20,24 @@ enum pktpath_hook {
 	PKTPATH_HOOK_NETIF_RECEIVE_SKB = 2, /* net:netif_receive_skb, receive */
 	PKTPATH_HOOK_KFREE_SKB = 3,         /* skb:kfree_skb, the kernel dropped the packet */
 	PKTPATH_HOOK_ICMP_SEND = 4,         /* icmp:icmp_send, the kernel answers it with an error */
+	PKTPATH_HOOK_FIB_TABLE_LOOKUP = 5,  /* fib:fib_table_lookup, IPv4 routing decision */
 };
 
 /* pktpath_event.flags */
 enum pktpath_event_flag {
 	PKTPATH_F_L2 = 1,   /* data[] starts with an Ethernet header, else with the L3 header */
 	PKTPATH_F_VLAN = 2, /* the skb carries an offloaded VLAN tag in vlan_tci / vlan_proto */
+	PKTPATH_F_FLOW = 4, /* data[] holds a struct pktpath_flow, not packet bytes */
+};
+
+/* What a routing lookup looked up (fib_table_lookup has a flow, not a packet). */
+struct pktpath_flow {
+	__u32 saddr;                   /* network byte order */
+	__u32 daddr;
+	__u16 sport;                   /* network byte order */
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 /* One packet seen at one hook on one interface (or freed by the kernel, for kfree_skb). */
@@ -33,14 +45,16 @@ struct pktpath_event {
 	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u64 skb;                     /* address of the struct sk_buff */
 	__u64 location;                /* kfree_skb: the address that freed it;
-					  icmp_send: MTU of the route's device */
+					  icmp_send: MTU of the route's device;
+					  fib_table_lookup: the table id */
 	__u64 stack[PKTPATH_STACK_DEPTH]; /* kfree_skb: kernel return addresses, 0-terminated */
 	__u32 netns;                   /* inode of the device's network namespace, 0 without one */
 	__u32 ifindex;
 	__u32 len;                     /* bytes of the packet from data[0] on */
 	__u32 cpu;
 	__u32 reason;                  /* kfree_skb: enum skb_drop_reason of the running kernel;
-					  icmp_send: ICMP type << 8 | code */
+					  icmp_send: ICMP type << 8 | code;
+					  fib_table_lookup: the lookup's error (negative errno), 0 */
 	__u16 cap_len;                 /* bytes of data[] that are valid */
 	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
 	__u16 vlan_tci;
@@ -48,8 +62,9 @@ struct pktpath_event {
 	__u8 hook;                     /* enum pktpath_hook */
 	__u8 flags;                    /* enum pktpath_event_flag */
 	__u8 pad[2];
-	__u8 nexthop[16];              /* kfree_skb NEIGH_FAILED: the neighbour that did not answer
-					  (IPv4 in the first 4 bytes); zero otherwise */
+	__u8 nexthop[16];              /* kfree_skb NEIGH_FAILED: the neighbour that did not answer;
+					  fib_table_lookup: the gateway (IPv4 in the first 4 bytes);
+					  zero otherwise */
 	char ifname[PKTPATH_IFNAMSIZ];
 	__u8 data[PKTPATH_SNAPLEN];
 };

@@ -43,6 +43,7 @@ struct {
 
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
+struct pktpath_flow *unused_flow __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));
 enum pktpath_proto unused_proto __attribute__((unused));
@@ -433,6 +434,94 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 		return 0;
 	emit(ctx, skb, dev, &h, hook, btf, location, reason);
 	return 0;
+}
+
+#define EAGAIN 11
+
+/* A routing lookup for a wanted flow: which table answered, with which next hop, or the error.
+ * "Not in this table" (-EAGAIN) is skipped: the lookup goes on in the next table. */
+static __always_inline int route_lookup(__u32 table, struct flowi4 *flp,
+					struct fib_nh_common *nhc, int err, bool btf)
+{
+	struct net_device *dev = nhc ? READ(btf, nhc, nhc_dev) : NULL;
+	struct pktpath_event *e;
+	struct pktpath_flow *flow;
+	__u32 saddr, daddr;
+	__u8 proto;
+
+	if (err == -EAGAIN || (cfg.n_host6 && !cfg.n_host4) || cfg.proto == PKTPATH_PROTO_ARP ||
+	    cfg.proto == PKTPATH_PROTO_ICMP6)
+		return 0;
+	saddr = READ(btf, flp, saddr);
+	daddr = READ(btf, flp, daddr);
+	if (cfg.n_host4 && !host4_wanted(saddr, daddr))
+		return 0;
+	proto = READ(btf, flp, __fl_common.flowic_proto);
+	if (cfg.proto || cfg.port) {
+		/* input lookups leave the protocol and ports at 0: keep those only when the
+		 * addresses already matched a --host, or every lookup would be an event */
+		if (!proto && !cfg.n_host4)
+			return 0;
+		if (proto && cfg.proto && cfg.proto != proto)
+			return 0;
+		if (proto && cfg.port) {
+			__u16 want = bpf_htons(cfg.port);
+
+			if (proto != PKTPATH_PROTO_TCP && proto != PKTPATH_PROTO_UDP)
+				return 0;
+			if (READ(btf, flp, uli.ports.sport) != want &&
+			    READ(btf, flp, uli.ports.dport) != want)
+				return 0;
+		}
+	}
+	if (dev && cfg.netns && netns_of(dev, btf) != cfg.netns)
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(PKTPATH_COUNTER_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, __builtin_offsetof(struct pktpath_event, data));
+	e->time_ns = bpf_ktime_get_ns();
+	e->location = table;
+	e->reason = err;
+	e->cpu = bpf_get_smp_processor_id();
+	e->hook = PKTPATH_HOOK_FIB_TABLE_LOOKUP;
+	e->flags = PKTPATH_F_FLOW;
+	e->protocol = bpf_htons(ETH_P_IP);
+	if (dev) {
+		e->netns = netns_of(dev, btf);
+		e->ifindex = READ(btf, dev, ifindex);
+		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
+		if (READ(btf, nhc, nhc_gw_family) == AF_INET)
+			*(__u32 *)e->nexthop = READ(btf, nhc, nhc_gw.ipv4);
+	}
+	flow = (struct pktpath_flow *)e->data;
+	flow->saddr = saddr;
+	flow->daddr = daddr;
+	flow->sport = READ(btf, flp, uli.ports.sport);
+	flow->dport = READ(btf, flp, uli.ports.dport);
+	flow->proto = proto;
+	__builtin_memset(flow->pad, 0, sizeof(flow->pad));
+	e->cap_len = sizeof(*flow);
+	e->len = sizeof(*flow);
+	bpf_ringbuf_submit(e, 0);
+	count(PKTPATH_COUNTER_EMITTED);
+	return 0;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(tp_btf_fib_table_lookup, __u32 table, struct flowi4 *flp,
+	     struct fib_nh_common *nhc, int err)
+{
+	return route_lookup(table, flp, nhc, err, true);
+}
+
+SEC("raw_tp/fib_table_lookup")
+int BPF_PROG(raw_tp_fib_table_lookup, __u32 table, struct flowi4 *flp,
+	     struct fib_nh_common *nhc, int err)
+{
+	return route_lookup(table, flp, nhc, err, false);
 }
 
 SEC("tp_btf/net_dev_queue")

@@ -121,13 +121,16 @@ def test_unreachable_route_on_the_router(lab: Netlab, trace: Any) -> None:
     net = routed(lab, 48, 49)
     net.router.ip("route", "add", "unreachable", "10.200.50.0/24")
     run = trace("--proto", "icmp", "--host", "10.200.50.9", "--json")
+    routes = trace("--proto", "icmp", "--host", "10.200.50.9", "--json", "--routes")
     net.c1.sh("ping", "-c1", "-W1", "10.200.50.9", check=False)
-    events = run.stop().events()
-    drop = last_drop(events)
+    drop = last_drop(run.stop().events())
     assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
         net.router.inode, "to-c1", "NOT_SPECIFIED")
     assert drop["location"].startswith("ip_error+0x")
     assert drop["explain"].startswith("no route: the routing lookup failed")
+    precise = last_drop(routes.stop().events())
+    assert precise["explain"].startswith("no route: unreachable route to 10.200.50.9 (table main);")
+    assert precise["route"] == {"table": "main", "error": "unreachable"}
     assert drop["icmp_sent"]["text"] == (
         f"ICMP destination unreachable (host unreachable) sent to {net.c1_addr}")
 

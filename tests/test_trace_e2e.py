@@ -143,7 +143,7 @@ def test_routed_hop_through_a_forwarding_namespace(lab: Netlab, trace: Any) -> N
     c2.ip("route", "add", "default", "via", "10.200.22.1")
     router.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
 
-    run = trace("--proto", "icmp", "--host", "10.200.22.2", "--json")
+    run = trace("--proto", "icmp", "--host", "10.200.22.2", "--json", "--routes")
     c1.sh("ping", "-c1", "-W2", "10.200.22.2")
     events = run.stop().events()
 
@@ -153,6 +153,9 @@ def test_routed_hop_through_a_forwarding_namespace(lab: Netlab, trace: Any) -> N
         (b, "eth0", "request"), (b, "eth0", "reply"), (r, "to-c2", "reply"),
         (r, "to-c1", "reply"), (a, "eth0", "reply"), delivered_at(c1, "eth0")]
     assert [e["ttl"] for e in events] == [64, 64, 63, 63, 64, 64, 63, 63, 63]
+    forwarded = events[2]
+    assert forwarded["route"] == {"table": "main", "interface": "to-c2"}
+    assert events[6]["route"] == {"table": "main", "interface": "to-c1"}
 
 
 def test_udp_datagram_with_its_ports(lab: Netlab, trace: Any) -> None:
