@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="name the nftables/iptables rule that dropped a packet (adds a "
                        "table of its own while tracing, removed on exit)")
     trace.add_argument("--routes", action="store_true",
-                       help="also the IPv4 routing lookups: the route each forwarded hop took "
+                       help="also the routing lookups: the route each forwarded hop took "
                        "(JSON route), and which route failed for a drop (costs more)")
     trace.add_argument("--no-drops", action="store_true",
                        help="only the path: no drops or ICMP errors")
@@ -167,7 +167,7 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     path = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB)
     hooks = [h for h in DEFAULT_HOOKS if h in path or not args.no_drops]
     if args.routes:
-        hooks.append(Hook.FIB_TABLE_LOOKUP)
+        hooks += [Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP]
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
     with stop_on_signals(stop), nf or contextlib.nullcontext(), \
             Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,

@@ -25,6 +25,7 @@ class Hook(enum.IntEnum):
     KFREE_SKB = 3
     ICMP_SEND = 4
     FIB_TABLE_LOOKUP = 5
+    FIB6_TABLE_LOOKUP = 6
 
     @property
     def tracepoint(self) -> str:
@@ -100,12 +101,13 @@ _HEADER = struct.Struct("<" + "".join(code for name, code in EVENT_FIELDS if nam
 DATA_OFFSET = EVENT_OFFSETS["data"][0]
 
 FLOW_FIELDS = [
-    ("saddr", "4s"),
-    ("daddr", "4s"),
+    ("saddr", "16s"),
+    ("daddr", "16s"),
     ("sport", "2s"),
     ("dport", "2s"),
     ("proto", "B"),
-    ("pad", "3s"),
+    ("family", "B"),
+    ("pad", "2s"),
 ]
 FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
 

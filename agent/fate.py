@@ -140,6 +140,9 @@ class Route:
         return f"table {self.table}{via} dev {self.interface}"
 
 
+# fib6 lookups report the route's type instead of an error (RTN_* of rtnetlink.h)
+ROUTE6_TYPES = {0: "no route", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
+
 ROUTE_WINDOW_NS = 50_000_000  # a lookup belongs to the packet the same CPU handles next
 
 
@@ -196,10 +199,16 @@ class FateJudge:
     def route_lookup(self, cpu: int, time_ns: int, packet: Packet, table: int, error: int,
                      interface: str, gateway: bytes) -> None:
         """Remember a routing lookup for the packet this CPU handles next."""
-        errno = (1 << 32) - error if error & 0x80000000 else error  # the u32 of -errno
-        route = Route(TABLES.get(table, str(table)), interface or None,
-                      _address(gateway, packet),
-                      ROUTE_ERRORS.get(errno, f"error {errno}") if errno else None)
+        if packet.family == "ipv6":  # error holds the route type
+            failed = ROUTE6_TYPES.get(error)
+        else:
+            errno = (1 << 32) - error if error & 0x80000000 else error  # the u32 of -errno
+            failed = ROUTE_ERRORS.get(errno, f"error {errno}") if errno else None
+        if failed:  # an error route has no real next hop (IPv6 ones point at lo)
+            route = Route(TABLES.get(table, str(table)), error=failed)
+        else:
+            route = Route(TABLES.get(table, str(table)), interface or None,
+                          _address(gateway, packet))
         if len(self._routes) >= self._memory:
             self._routes.pop(next(iter(self._routes)))
         self._routes[(cpu, packet.src, packet.dst)] = (time_ns, route)

@@ -194,11 +194,15 @@ def _arp(data: bytes, offset: int, out: dict[str, object]) -> None:
 
 def from_flow(data: bytes) -> Packet:
     """The packet a routing lookup was for (struct pktpath_flow): addresses, protocol, ports."""
-    if len(data) < 13:
+    if len(data) < 38:
         return Packet(truncated=True)
-    proto = data[12]
-    ports = struct.unpack(">HH", data[8:12]) if proto in (6, 17) else (None, None)
-    return Packet(ethertype=ETH_P_IP, family="ipv4", src=str(ipaddress.IPv4Address(data[0:4])),
-                  dst=str(ipaddress.IPv4Address(data[4:8])), ip_proto=proto,
-                  proto=IPPROTO_NAMES.get(proto, f"ip-proto-{proto}"), sport=ports[0],
-                  dport=ports[1])
+    proto, family = data[36], data[37]
+    ports = struct.unpack(">HH", data[32:36]) if proto in (6, 17) else (None, None)
+    if family == 6:
+        src, dst = str(ipaddress.IPv6Address(data[0:16])), str(ipaddress.IPv6Address(data[16:32]))
+    else:
+        src, dst = str(ipaddress.IPv4Address(data[0:4])), str(ipaddress.IPv4Address(data[16:20]))
+    return Packet(ethertype=ETH_P_IPV6 if family == 6 else ETH_P_IP,
+                  family="ipv6" if family == 6 else "ipv4", src=src, dst=dst,
+                  ip_proto=proto, proto=IPPROTO_NAMES.get(proto, f"ip-proto-{proto}"),
+                  sport=ports[0], dport=ports[1])

@@ -51,7 +51,7 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None
                                                              event.protocol)
     if judge is None:
         return Hop(event, packet)
-    if event.hook == Hook.FIB_TABLE_LOOKUP:
+    if event.hook in (Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP):
         judge.route_lookup(event.cpu, event.time_ns, packet, event.location, event.reason,
                            event.ifname, event.nexthop)
         return None

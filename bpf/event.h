@@ -21,6 +21,7 @@ enum pktpath_hook {
 	PKTPATH_HOOK_KFREE_SKB = 3,         /* skb:kfree_skb, the kernel dropped the packet */
 	PKTPATH_HOOK_ICMP_SEND = 4,         /* icmp:icmp_send, the kernel answers it with an error */
 	PKTPATH_HOOK_FIB_TABLE_LOOKUP = 5,  /* fib:fib_table_lookup, IPv4 routing decision */
+	PKTPATH_HOOK_FIB6_TABLE_LOOKUP = 6, /* fib6:fib6_table_lookup, IPv6 routing decision */
 };
 
 /* pktpath_event.flags */
@@ -32,12 +33,13 @@ enum pktpath_event_flag {
 
 /* What a routing lookup looked up (fib_table_lookup has a flow, not a packet). */
 struct pktpath_flow {
-	__u32 saddr;                   /* network byte order */
-	__u32 daddr;
+	__u8 saddr[16];                /* IPv4 in the first 4 bytes, network byte order */
+	__u8 daddr[16];
 	__u16 sport;                   /* network byte order */
 	__u16 dport;
 	__u8 proto;
-	__u8 pad[3];
+	__u8 family;                   /* 4 or 6 */
+	__u8 pad[2];
 };
 
 /* One packet seen at one hook on one interface (or freed by the kernel, for kfree_skb). */
@@ -54,7 +56,8 @@ struct pktpath_event {
 	__u32 cpu;
 	__u32 reason;                  /* kfree_skb: enum skb_drop_reason of the running kernel;
 					  icmp_send: ICMP type << 8 | code;
-					  fib_table_lookup: the lookup's error (negative errno), 0 */
+					  fib_table_lookup: the lookup's error (negative errno), 0;
+					  fib6_table_lookup: the route type (RTN_*), 0 for no route */
 	__u16 cap_len;                 /* bytes of data[] that are valid */
 	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
 	__u16 vlan_tci;
@@ -63,7 +66,7 @@ struct pktpath_event {
 	__u8 flags;                    /* enum pktpath_event_flag */
 	__u8 pad[2];
 	__u8 nexthop[16];              /* kfree_skb NEIGH_FAILED: the neighbour that did not answer;
-					  fib_table_lookup: the gateway (IPv4 in the first 4 bytes);
+					  fib*_table_lookup: the gateway (IPv4 in the first 4 bytes);
 					  zero otherwise */
 	char ifname[PKTPATH_IFNAMSIZ];
 	__u8 data[PKTPATH_SNAPLEN];

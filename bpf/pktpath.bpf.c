@@ -497,17 +497,99 @@ static __always_inline int route_lookup(__u32 table, struct flowi4 *flp,
 			*(__u32 *)e->nexthop = READ(btf, nhc, nhc_gw.ipv4);
 	}
 	flow = (struct pktpath_flow *)e->data;
-	flow->saddr = saddr;
-	flow->daddr = daddr;
+	__builtin_memset(flow, 0, sizeof(*flow));
+	*(__u32 *)flow->saddr = saddr;
+	*(__u32 *)flow->daddr = daddr;
 	flow->sport = READ(btf, flp, uli.ports.sport);
 	flow->dport = READ(btf, flp, uli.ports.dport);
 	flow->proto = proto;
-	__builtin_memset(flow->pad, 0, sizeof(flow->pad));
+	flow->family = 4;
 	e->cap_len = sizeof(*flow);
 	e->len = sizeof(*flow);
 	bpf_ringbuf_submit(e, 0);
 	count(PKTPATH_COUNTER_EMITTED);
 	return 0;
+}
+
+#define AF_INET6 10
+
+/* An IPv6 routing lookup for a wanted flow: the table, the next hop, the route type. */
+static __always_inline int route6_lookup(struct net *net, struct fib6_result *res,
+					 struct fib6_table *table, struct flowi6 *flp, bool btf)
+{
+	struct fib6_nh *nh = READ(btf, res, nh);
+	struct net_device *dev = nh ? READ(btf, nh, nh_common.nhc_dev) : NULL;
+	struct fib6_info *f6i = READ(btf, res, f6i);
+	struct pktpath_event *e;
+	struct pktpath_flow *flow;
+	struct {
+		__u64 word[2];
+	} saddr, daddr;
+	__u8 proto;
+
+	if ((cfg.n_host4 && !cfg.n_host6) || cfg.proto == PKTPATH_PROTO_ARP ||
+	    cfg.proto == PKTPATH_PROTO_ICMP)
+		return 0;
+	BPF_CORE_READ_INTO(&saddr, flp, saddr);
+	BPF_CORE_READ_INTO(&daddr, flp, daddr);
+	if (cfg.n_host6 && !host6_wanted(saddr.word, daddr.word))
+		return 0;
+	proto = READ(btf, flp, __fl_common.flowic_proto);
+	if ((cfg.proto || cfg.port) && !proto && !cfg.n_host6)
+		return 0;
+	if (proto && cfg.proto && cfg.proto != proto)
+		return 0;
+	if (cfg.netns && BPF_CORE_READ(net, ns.inum) != cfg.netns)
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(PKTPATH_COUNTER_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, __builtin_offsetof(struct pktpath_event, data));
+	e->time_ns = bpf_ktime_get_ns();
+	e->location = table ? READ(btf, table, tb6_id) : 0;
+	/* no route: the null entry; else the route's type (unreachable, prohibit, ...) */
+	e->reason = (!f6i || f6i == BPF_CORE_READ(net, ipv6.fib6_null_entry)) ? 0 :
+		    READ(btf, res, fib6_type);
+	e->cpu = bpf_get_smp_processor_id();
+	e->hook = PKTPATH_HOOK_FIB6_TABLE_LOOKUP;
+	e->flags = PKTPATH_F_FLOW;
+	e->protocol = bpf_htons(ETH_P_IPV6);
+	e->netns = BPF_CORE_READ(net, ns.inum);
+	if (dev) {
+		e->ifindex = READ(btf, dev, ifindex);
+		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
+		if (READ(btf, nh, nh_common.nhc_gw_family) == AF_INET6)
+			BPF_CORE_READ_INTO((struct in6_addr *)e->nexthop, nh, nh_common.nhc_gw.ipv6);
+	}
+	flow = (struct pktpath_flow *)e->data;
+	__builtin_memset(flow, 0, sizeof(*flow));
+	__builtin_memcpy(flow->saddr, &saddr, 16);
+	__builtin_memcpy(flow->daddr, &daddr, 16);
+	flow->sport = READ(btf, flp, uli.ports.sport);
+	flow->dport = READ(btf, flp, uli.ports.dport);
+	flow->proto = proto;
+	flow->family = 6;
+	e->cap_len = sizeof(*flow);
+	e->len = sizeof(*flow);
+	bpf_ringbuf_submit(e, 0);
+	count(PKTPATH_COUNTER_EMITTED);
+	return 0;
+}
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(tp_btf_fib6_table_lookup, struct net *net, struct fib6_result *res,
+	     struct fib6_table *table, struct flowi6 *flp)
+{
+	return route6_lookup(net, res, table, flp, true);
+}
+
+SEC("raw_tp/fib6_table_lookup")
+int BPF_PROG(raw_tp_fib6_table_lookup, struct net *net, struct fib6_result *res,
+	     struct fib6_table *table, struct flowi6 *flp)
+{
+	return route6_lookup(net, res, table, flp, false);
 }
 
 SEC("tp_btf/fib_table_lookup")

@@ -194,3 +194,28 @@ def test_nf_trace_cleans_up_after_a_killed_run(lab: Netlab, trace: Any, iptables
             "left by a pktpath that was killed") in run.stderr
     run.stop()
     assert ruleset(net.container) == before
+
+
+def test_ipv6_routes_and_an_ipv6_prohibit_route(lab: Netlab, trace: Any) -> None:
+    net = routed(lab, 59, 60)
+    for ns, addr in ((net.c1, "fd00:200:0:59::2/64"), (net.c2, "fd00:200:0:60::2/64")):
+        ns.ip("addr", "add", addr, "dev", "eth0", "nodad")
+    net.router.ip("addr", "add", "fd00:200:0:59::1/64", "dev", "to-c1", "nodad")
+    net.router.ip("addr", "add", "fd00:200:0:60::1/64", "dev", "to-c2", "nodad")
+    net.c1.ip("-6", "route", "add", "default", "via", "fd00:200:0:59::1")
+    net.c2.ip("-6", "route", "add", "default", "via", "fd00:200:0:60::1")
+    net.router.sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    net.router.ip("-6", "route", "add", "prohibit", "fd00:200:0:61::/64")
+    run = trace("--proto", "icmp6", "--host", "fd00:200:0:60::2", "--host", "fd00:200:0:61::9",
+                "--json", "--routes")
+    net.c1.sh("ping", "-6", "-c1", "-W2", "fd00:200:0:60::2")
+    net.c1.sh("ping", "-6", "-c1", "-W1", "fd00:200:0:61::9", check=False)
+    events = run.stop().events()
+
+    forwarded = next(e for e in events if e["netns"] == net.router.inode and
+                     e["ifname"] == "to-c2" and e["hook"] == "net_dev_queue")
+    assert forwarded["route"] == {"table": "main", "interface": "to-c2"}
+    drop = next(e for e in events if e.get("drop") and e["dst"] == "fd00:200:0:61::9")
+    assert (drop["netns"], drop["route"]) == (net.router.inode,
+                                              {"table": "main", "error": "prohibit"})
+    assert drop["explain"].startswith("no route: prohibit route to fd00:200:0:61::9")

@@ -155,3 +155,12 @@ def test_short_event_record_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="expected at least"):
         decode_event(b"\0" * (DATA_OFFSET - 1))
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=64))
+def test_flow_decoder_never_raises(data: bytes) -> None:
+    from agent.packet import from_flow
+
+    p = from_flow(data)
+    assert p.truncated or p.family in ("ipv4", "ipv6")
