@@ -1,7 +1,7 @@
 # pktpath developer targets. `sudo make deps test` on a fresh Debian machine runs everything.
 PYTHON ?= python3
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make gcc iproute2 iputils-ping iptables \
-	nftables util-linux libcap2-bin
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping \
+	iptables nftables util-linux libcap2-bin openssl
 
 .PHONY: deps bpf test lint bench
 

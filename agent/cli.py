@@ -17,6 +17,7 @@ from agent.errors import EXIT_USAGE, PktpathError, UsageError
 from agent.event import DEFAULT_HOOKS, Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
 from agent.nftrace import NfTrace
+from agent.pcapfilter import compile_expression
 from agent.privileges import require_btf, require_network_admin, require_tracing
 from agent.probes import DEFAULT_RING_BYTES
 from agent.session import announce, message, run, stop_on_signals
@@ -25,6 +26,7 @@ from agent.tracer import Tracer
 TRACE_EXAMPLES = """\
 examples:
   pktpath trace --proto icmp --host 172.17.0.2     ping a container, see every hop
+  pktpath trace 'tcp and dst port 8080'            a tcpdump expression, run in the kernel
   pktpath trace --host fd00:200::2 --proto icmp6   the same over IPv6
   pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
   pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "with AND; with no flag every packet is traced.",
                            epilog=TRACE_EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    trace.add_argument("expression", nargs="*",
+                       help="a tcpdump filter expression (pcap-filter(7)), e.g. "
+                       "'tcp and dst port 8080'")
     trace.add_argument("--host", action="append", default=[], metavar="ADDR",
                        help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
     trace.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
@@ -144,7 +149,9 @@ def filter_from_args(args: argparse.Namespace) -> tuple[TraceFilter, netns.Netns
     ns = netns.resolve(args.netns) if args.netns else None
     if args.interface:
         netns.find_interface(args.interface, ns)
+    expression = " ".join(args.expression).strip()
     return TraceFilter(
+        expression=compile_expression(expression) if expression else None,
         hosts=tuple(parse_host(h) for h in args.host),
         proto=parse_proto(args.proto) if args.proto else TraceFilter.proto,
         port=parse_port(args.port) if args.port else 0,

@@ -121,7 +121,9 @@ CONFIG_FIELDS = [
     ("n_host4", "B"),
     ("n_host6", "B"),
     ("netns_set", "B"),
-    ("pad", "6s"),
+    ("pad", "2s"),
+    ("cbpf_len_l2", "H"),
+    ("cbpf_len_l3", "H"),
 ]
 CONFIG_STRUCT, CONFIG_OFFSETS = _layout(CONFIG_FIELDS)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from agent.errors import UsageError
 from agent.event import CONFIG_STRUCT, MAX_HOSTS, Proto
+from agent.pcapfilter import Compiled
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -57,6 +58,7 @@ class TraceFilter:
     netns: int = 0  # namespace inode
     ifname: str = ""
     netns_set: bool = False  # only the namespaces put in the probes' netns set
+    expression: Compiled | None = None  # a tcpdump expression, compiled
 
     def __post_init__(self) -> None:
         v4 = [h for h in self.hosts if h.version == 4]
@@ -94,6 +96,8 @@ class TraceFilter:
             len(v6),
             self.netns_set,
             b"",
+            len(self.expression.ethernet) if self.expression else 0,
+            len(self.expression.raw) if self.expression else 0,
         )
 
     def describe(self) -> str:
@@ -106,6 +110,9 @@ class TraceFilter:
                          if len(self.hosts) > 1 else f"host {self.hosts[0]}")
         if self.port:
             parts.append(f"port {self.port}")
+        if self.expression:
+            parts.append(f"({self.expression.expression})" if parts
+                         else self.expression.expression)
         text = " and ".join(parts) or "every packet"
         if self.ifname:
             text += f" on {self.ifname}"

@@ -18,6 +18,7 @@ from importlib import resources
 from agent.errors import PktpathError
 from agent.event import CONFIG_STRUCT, DEFAULT_HOOKS, Counter, Hook
 from agent.libbpf import Libbpf, LibbpfError
+from agent.pcapfilter import INSN
 
 HOOK_TYPES = ("tp_btf", "raw_tp")
 DEFAULT_RING_BYTES = 4 << 20
@@ -63,6 +64,7 @@ class Probes:
         ring_bytes: int = DEFAULT_RING_BYTES,
         libbpf: Libbpf | None = None,
         path: str | None = None,
+        cbpf: bytes = b"",
     ) -> None:
         if len(config) != CONFIG_STRUCT.size:
             raise ValueError(f"config is {len(config)} bytes, expected {CONFIG_STRUCT.size}")
@@ -74,6 +76,7 @@ class Probes:
                 exit_code=2,
             )
         self._config = config
+        self._cbpf = cbpf
         self._hooks = list(hooks)
         self._hook_type = hook_type
         self._ring_bytes = ring_bytes
@@ -145,6 +148,23 @@ class Probes:
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
         bpf.take_log()
         bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
+        self._fill_cbpf()
+
+    def _fill_cbpf(self) -> None:
+        """Put the tcpdump expression's instructions in the map before anything attaches."""
+        if not self._cbpf:
+            return
+        lib = self._bpf.lib
+        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"cbpf_prog"))
+        size = INSN.size
+        for index in range(len(self._cbpf) // size):
+            value = self._cbpf[index * size:(index + 1) * size]
+            if not any(value):
+                continue
+            key = ctypes.c_uint32(index)
+            buf = ctypes.create_string_buffer(value, size)
+            self._bpf.check_int(lib.bpf_map_update_elem(fd, ctypes.byref(key), buf, 0),
+                                "loading the filter expression")
 
     def _programs(self) -> list[int]:
         progs: list[int] = []

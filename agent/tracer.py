@@ -79,8 +79,9 @@ class Tracer:
         ring_bytes: int = DEFAULT_RING_BYTES,
     ) -> None:
         self.filter = trace_filter
+        cbpf = trace_filter.expression.table() if trace_filter.expression else b""
         self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
-                              ring_bytes=ring_bytes)
+                              ring_bytes=ring_bytes, cbpf=cbpf)
         self._pending: list[bytes] = []
         self._rb = 0
         self._judge: FateJudge | None = None

@@ -9,7 +9,9 @@ median of its per-round ratios to the untraced run of the same round.
     sudo python3 bench/overhead.py --modes all --rounds 7 --seconds 3
 
 Modes: untraced (always), host-nomatch (--host of an address nobody uses), port-nomatch
-(--proto udp --port 9), proto-nomatch (--proto tcp), all (no filter, JSON to /dev/null).
+(--proto udp --port 9), proto-nomatch (--proto tcp), expr-nomatch (the tcpdump expression
+'host 10.200.99.99'), expr-port-nomatch ('tcp and dst port 8080'), all (no filter, JSON to
+/dev/null).
 Traffic: bench/udpflood.c (sendmmsg of 18-byte datagrams), pinned to one CPU, from namespace
 ppb-a to a bound UDP socket in namespace ppb-b over a veth pair (10.200.250.0/24).
 """
@@ -31,6 +33,9 @@ MODES = {
     "host-nomatch": ["--host", "10.200.99.99"],
     "port-nomatch": ["--proto", "udp", "--port", "9"],
     "proto-nomatch": ["--proto", "tcp"],
+    "expr-nomatch": ["host 10.200.99.99"],
+    "expr-port-nomatch": ["tcp and dst port 8080"],
+    "expr-short-nomatch": ["ip6"],
     "all": ["--json"],
 }
 

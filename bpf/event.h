@@ -13,6 +13,16 @@
 #define PKTPATH_IFNAMSIZ 16
 #define PKTPATH_MAX_HOSTS 8   /* --host addresses compared inline, per family */
 #define PKTPATH_STACK_DEPTH 12 /* kernel return addresses kept with a drop */
+#define PKTPATH_CBPF_MAX 256  /* classic BPF instructions per view of a tcpdump expression */
+
+/* One classic BPF instruction (struct sock_filter), as libpcap compiles them. The map
+ * cbpf_prog holds the Ethernet view at [0, PKTPATH_CBPF_MAX) and the raw-IP view after it. */
+struct pktpath_cbpf_insn {
+	__u16 code;
+	__u8 jt;
+	__u8 jf;
+	__u32 k;
+};
 
 /* Which tracepoint saw the packet. */
 enum pktpath_hook {
@@ -84,7 +94,9 @@ struct pktpath_config {
 	__u8 n_host4;                  /* entries of host4[] in use */
 	__u8 n_host6;                  /* entries of host6[] in use */
 	__u8 netns_set;                /* only namespaces whose inode is a key of map netns_set */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u16 cbpf_len_l2;             /* tcpdump expression: instructions of the Ethernet view */
+	__u16 cbpf_len_l3;             /* and of the raw-IP view; 0: no expression */
 };
 
 /* pktpath_config.proto */

@@ -12,9 +12,10 @@ import subprocess
 from dataclasses import dataclass, field
 
 
-def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str, check: bool = True, timeout: float = 30,
+        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command, raising with its stderr when it fails."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -37,9 +38,10 @@ class Ns:
     def ip(self, *args: str) -> None:
         run("ip", "-n", self.name, *args)
 
-    def sh(self, *cmd: str, check: bool = True,
-           timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return run("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+    def sh(self, *cmd: str, check: bool = True, timeout: float = 30,
+           cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout,
+                   cwd=cwd)
 
 
 @dataclass

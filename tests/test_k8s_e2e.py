@@ -278,3 +278,19 @@ def test_a_drop_is_reported_at_its_hop_with_the_reason(cluster: Any, agents: Any
         f"{ns}/db-1", "eth0", True, "NETFILTER_DROP")
     assert [h["direction"] for h in status["path"]] == ["request"] * 5
     assert "Dropped" in events_of(cluster, ns, "blocked")
+
+
+def test_filter_expression_narrows_the_trace(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 69)
+    agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("requests", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 2, "interval": "200ms"}, timeout="20s",
+                               filter="icmp[icmptype] == icmp-echo"))
+    cluster.apply(packet_trace("bad-filter", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               filter="icmp and nonsense"))
+    body = wait_phase(cluster, ns, "requests", ("Succeeded", "Failed"))
+    assert {h["direction"] for h in body["status"]["path"]} == {"request"}, "no echo replies"
+    assert body["status"]["hops"] == 4
+    bad = wait_phase(cluster, ns, "bad-filter", ("Failed",))
+    assert bad["status"]["result"] == ("invalid: spec.filter: bad filter expression 'icmp and "
+                                       "nonsense': syntax error in filter expression")

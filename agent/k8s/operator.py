@@ -17,12 +17,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from agent.errors import UsageError
 from agent.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo
 from agent.k8s.metrics import Metrics, serve
 from agent.k8s.podmap import NodeNamespaces
 from agent.k8s.session import AgentContext, TraceSession, manager, write_merged
 from agent.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
 from agent.k8s.status import STALE_AFTER, Ends, node_part, parse_time
+from agent.pcapfilter import compile_expression
 
 log = logging.getLogger("pktpath.agent")
 FINISHED = ("Succeeded", "Failed")
@@ -110,6 +112,11 @@ class Agent:
         if ipaddress.ip_address(source_ip).version != ipaddress.ip_address(destination_ip).version:
             raise SpecError(f"source {source_ip} and destination {destination_ip} are not of "
                             "the same IP family")
+        if spec.filter:
+            try:
+                compile_expression(spec.filter)
+            except UsageError as exc:
+                raise SpecError(f"spec.filter: {exc}") from None
         if spec.probe_count and source is None:
             raise SpecError("probes are sent from the source pod: give spec.source.pod, or "
                             "omit spec.probe to only watch")

@@ -23,6 +23,7 @@ from agent.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
 from agent.k8s.podmap import NodeNamespaces
 from agent.k8s.spec import TraceSpec
 from agent.k8s.status import Ends, merge, node_part, parse_time
+from agent.pcapfilter import compile_expression
 from agent.probing import Prober
 from agent.tracer import Hop, Tracer
 
@@ -140,7 +141,9 @@ class TraceSession(threading.Thread):
         v6 = hosts[0].version == 6
         proto = {"icmp": Proto.ICMP6 if v6 else Proto.ICMP, "tcp": Proto.TCP,
                  "udp": Proto.UDP}[self.spec.protocol]
-        return TraceFilter(hosts=hosts, proto=proto, port=self.spec.port, netns_set=True)
+        expression = compile_expression(self.spec.filter) if self.spec.filter else None
+        return TraceFilter(hosts=hosts, proto=proto, port=self.spec.port, netns_set=True,
+                           expression=expression)
 
     def _run(self) -> None:
         ctx = self.ctx

@@ -47,6 +47,7 @@ class TraceSpec:
     probe_count: int = 0  # 0: only watch
     probe_interval: float = 1.0
     timeout: float = 30.0
+    filter: str = ""  # a tcpdump expression narrowing what is traced
 
 
 def _endpoint(raw: Any, default_namespace: str, what: str) -> Endpoint:
@@ -83,4 +84,5 @@ def parse_spec(spec: Mapping[str, Any], namespace: str) -> TraceSpec:
         probe_count=count,
         probe_interval=parse_duration(str(probe.get("interval", "1s"))),
         timeout=parse_duration(str(spec.get("timeout", "30s"))),
+        filter=str(spec.get("filter") or "").strip(),
     )
