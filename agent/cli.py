@@ -14,7 +14,7 @@ from typing import NoReturn, TextIO
 
 from agent import __version__, netns
 from agent.errors import EXIT_USAGE, PktpathError, UsageError
-from agent.event import DEFAULT_HOOKS, Hook
+from agent.event import Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
 from agent.nftrace import NfTrace
 from agent.pcapfilter import compile_expression
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--nf-trace", action="store_true",
                        help="name the nftables/iptables rule that dropped a packet (adds a "
                        "table of its own while tracing, removed on exit)")
+    trace.add_argument("--no-track", action="store_true",
+                       help="show only hops where the filter matches, not the rest of a matched "
+                       "packet's way (through NAT, tunnels, clones)")
     trace.add_argument("--routes", action="store_true",
                        help="also the routing lookups: the route each forwarded hop took "
                        "(JSON route), and which route failed for a drop (costs more)")
@@ -157,6 +160,7 @@ def filter_from_args(args: argparse.Namespace) -> tuple[TraceFilter, netns.Netns
         port=parse_port(args.port) if args.port else 0,
         netns=ns.inode if ns else 0,
         ifname=args.interface or "",
+        track=not args.no_track,
     ), ns
 
 
@@ -171,8 +175,11 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.nf_trace:
         require_network_admin("--nf-trace")
     stop = threading.Event()
-    path = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB)
-    hooks = [h for h in DEFAULT_HOOKS if h in path or not args.no_drops]
+    hooks = [Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB]
+    if not args.no_drops:
+        hooks += [Hook.KFREE_SKB, Hook.ICMP_SEND]
+    if not args.no_track:
+        hooks.append(Hook.CONSUME_SKB)
     if args.routes:
         hooks += [Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP]
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None

@@ -26,6 +26,7 @@ class Hook(enum.IntEnum):
     ICMP_SEND = 4
     FIB_TABLE_LOOKUP = 5
     FIB6_TABLE_LOOKUP = 6
+    CONSUME_SKB = 7
 
     @property
     def tracepoint(self) -> str:
@@ -33,9 +34,11 @@ class Hook(enum.IntEnum):
         return self.name.lower()
 
 
-# What `trace` attaches by default: the path, drops and the kernel's ICMP errors. Routing lookups
-# run once per table per packet, so they are opt-in (`--routes`).
-DEFAULT_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND)
+# What `trace` attaches by default: the path, drops, the kernel's ICMP errors, and frees after
+# use (they end the tracking of a packet). Routing lookups run once per table per packet, so
+# they are opt-in (`--routes`).
+DEFAULT_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND,
+                 Hook.CONSUME_SKB)
 
 
 class EventFlag(enum.IntFlag):
@@ -77,6 +80,7 @@ def _layout(fields: list[tuple[str, str]]) -> tuple[struct.Struct, dict[str, tup
 EVENT_FIELDS = [
     ("time_ns", "Q"),
     ("skb", "Q"),
+    ("packet", "Q"),
     ("location", "Q"),
     ("stack", f"{STACK_DEPTH}Q"),
     ("netns", "I"),
@@ -121,7 +125,8 @@ CONFIG_FIELDS = [
     ("n_host4", "B"),
     ("n_host6", "B"),
     ("netns_set", "B"),
-    ("pad", "2s"),
+    ("track", "B"),
+    ("pad", "1s"),
     ("cbpf_len_l2", "H"),
     ("cbpf_len_l3", "H"),
 ]
@@ -150,13 +155,14 @@ class RawEvent:
     reason: int = 0  # kfree_skb: enum skb_drop_reason value
     stack: tuple[int, ...] = ()  # kfree_skb: kernel return addresses, innermost first
     nexthop: bytes = b""  # kfree_skb NEIGH_FAILED: the gateway's address (zeros: on-link)
+    packet: int = 0  # the same on every hop of one packet (0: not known)
 
 
 def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
     if len(record) < DATA_OFFSET:
         raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
-    (time_ns, skb, location, *rest) = _HEADER.unpack_from(record)
+    (time_ns, skb, packet, location, *rest) = _HEADER.unpack_from(record)
     stack, rest = rest[:STACK_DEPTH], rest[STACK_DEPTH:]
     (netns, ifindex, length, cpu, reason, cap_len, protocol, vlan_tci, vlan_proto, hook, flags,
      _pad, nexthop, ifname) = rest
@@ -165,6 +171,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
     return RawEvent(
         time_ns=time_ns,
         skb=skb,
+        packet=packet,
         netns=netns,
         ifindex=ifindex,
         len=length,

@@ -59,6 +59,7 @@ class TraceFilter:
     ifname: str = ""
     netns_set: bool = False  # only the namespaces put in the probes' netns set
     expression: Compiled | None = None  # a tcpdump expression, compiled
+    track: bool = True  # follow a matched packet through NAT, tunnels and clones
 
     def __post_init__(self) -> None:
         v4 = [h for h in self.hosts if h.version == 4]
@@ -79,7 +80,7 @@ class TraceFilter:
     @property
     def empty(self) -> bool:
         """True when everything is traced."""
-        return self == TraceFilter()
+        return self == TraceFilter() or self == TraceFilter(track=False)
 
     def config(self) -> bytes:
         """The ``struct pktpath_config`` the BPF programs read."""
@@ -95,6 +96,7 @@ class TraceFilter:
             len(v4),
             len(v6),
             self.netns_set,
+            self.track,
             b"",
             len(self.expression.ethernet) if self.expression else 0,
             len(self.expression.raw) if self.expression else 0,

@@ -26,7 +26,7 @@ class SinceFirst:
 
     def __call__(self, event: RawEvent, packet: Packet) -> int:
         """Nanoseconds since this packet's first hop (0 for the first)."""
-        key = (event.skb, packet.ip_proto, packet.icmp_seq)
+        key = (event.packet or event.skb, packet.ip_proto, packet.icmp_seq)
         first = self._first.get(key)
         if first is None or event.time_ns - first > WINDOW_NS:
             first = event.time_ns

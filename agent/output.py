@@ -79,6 +79,7 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "ifindex": e.ifindex,
         "ifname": e.ifname,
         "skb": f"0x{e.skb:016x}",
+        "packet": f"0x{e.packet:016x}",
         "cpu": e.cpu,
         "len": e.len,
         "family": p.family or f"ethertype-0x{p.ethertype or e.protocol:04x}",
@@ -103,6 +104,8 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "fragment": True if p.fragment else None,
         "truncated": True if p.truncated else None,
         "since_first_ns": hop.since_first_ns,
+        "tunnel": ({"type": p.tunnel.type, "vni": p.tunnel.vni, "src": p.tunnel.src,
+                    "dst": p.tunnel.dst} if p.tunnel else None),
     }
     if hop.route is not None:
         r = hop.route

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -33,6 +33,19 @@ def tcp_flags_text(flags: int) -> str:
 
 def _mac(b: bytes) -> str:
     return ":".join(f"{x:02x}" for x in b)
+
+
+VXLAN_PORTS = (4789, 8472)  # IANA's, and Linux's (and flannel's) default
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """The outer packet of an encapsulated one."""
+
+    type: str  # "vxlan"
+    src: str | None
+    dst: str | None
+    vni: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,7 @@ class Packet:
     arp_op: int | None = None
     arp_sha: str | None = None
     truncated: bool = False
+    tunnel: Tunnel | None = None  # set when the fields above describe an encapsulated packet
 
 
 def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
@@ -72,7 +86,14 @@ def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
         _decode(data, l2, ethertype, fields)
     except _Truncated:
         fields["truncated"] = True
-    return Packet(**fields)  # type: ignore[arg-type]
+    inner = fields.pop("_inner", None)
+    outer = Packet(**fields)  # type: ignore[arg-type]
+    if isinstance(inner, int) and not outer.truncated:
+        vni = int.from_bytes(data[inner + 4:inner + 7], "big")
+        decoded = decode(data[inner + 8:], True, 0)
+        if decoded.family is not None:
+            return replace(decoded, tunnel=Tunnel("vxlan", outer.src, outer.dst, vni))
+    return outer
 
 
 class _Truncated(Exception):
@@ -174,6 +195,9 @@ def _upper(data: bytes, offset: int, proto: int, out: dict[str, object]) -> None
         out["sport"], out["dport"] = struct.unpack(">HH", ports)
         udp_len = int.from_bytes(_take(data, offset + 4, 2), "big")
         out["payload_len"] = max(udp_len - 8, 0)
+        vxlan = data[offset + 8:offset + 16]
+        if out["dport"] in VXLAN_PORTS and len(vxlan) == 8 and vxlan[0] & 0x08:
+            out["_inner"] = offset + 8
 
 
 def _is_echo(proto: int, icmp_type: int) -> bool:

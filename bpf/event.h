@@ -32,6 +32,7 @@ enum pktpath_hook {
 	PKTPATH_HOOK_ICMP_SEND = 4,         /* icmp:icmp_send, the kernel answers it with an error */
 	PKTPATH_HOOK_FIB_TABLE_LOOKUP = 5,  /* fib:fib_table_lookup, IPv4 routing decision */
 	PKTPATH_HOOK_FIB6_TABLE_LOOKUP = 6, /* fib6:fib6_table_lookup, IPv6 routing decision */
+	PKTPATH_HOOK_CONSUME_SKB = 7,       /* skb:consume_skb, freed after use: ends tracking */
 };
 
 /* pktpath_event.flags */
@@ -56,6 +57,7 @@ struct pktpath_flow {
 struct pktpath_event {
 	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u64 skb;                     /* address of the struct sk_buff */
+	__u64 packet;                  /* the same on every hop of one packet (its first skb) */
 	__u64 location;                /* kfree_skb: the address that freed it;
 					  icmp_send: MTU of the route's device;
 					  fib_table_lookup: the table id */
@@ -94,7 +96,8 @@ struct pktpath_config {
 	__u8 n_host4;                  /* entries of host4[] in use */
 	__u8 n_host6;                  /* entries of host6[] in use */
 	__u8 netns_set;                /* only namespaces whose inode is a key of map netns_set */
-	__u8 pad[2];
+	__u8 track;                    /* follow a matched packet when it stops matching */
+	__u8 pad[1];
 	__u16 cbpf_len_l2;             /* tcpdump expression: instructions of the Ethernet view */
 	__u16 cbpf_len_l3;             /* and of the raw-IP view; 0: no expression */
 };

@@ -66,6 +66,27 @@ struct {
 	__type(value, struct cbpf_verdict);
 } cbpf_cache SEC(".maps");
 
+/* Tracking: packets that matched, by skb address and by data buffer (clones share it), so a
+ * packet is followed through NAT, tunnels and clones. An entry older than TRACK_NS is stale
+ * (the address may belong to another packet by now); frees remove theirs. */
+#define TRACK_NS 1000000000ULL
+
+struct tracked_packet {
+	__u64 packet;
+	__u64 last_ns;
+	__u64 fingerprint; /* of its IP header; NAT keeps it, another packet does not */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tracked_packet);
+} tracked SEC(".maps");
+
+/* Set once something matched: until then no packet pays for a tracking lookup. */
+__u32 tracking_started = 0;
+
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
 struct pktpath_flow *unused_flow __attribute__((unused));
@@ -166,30 +187,28 @@ static __always_inline bool l4_wanted(__u8 l4proto, unsigned char *l4, bool btf)
 	return !cfg.port || port_wanted(l4, btf);
 }
 
-static __always_inline bool ipv4_wanted(unsigned char *l3, bool btf)
-{
-	struct {
-		__u8 ver_ihl, tos;
-		__u16 tot_len, id, frag_off;
-		__u8 ttl, protocol;
-		__u16 check;
-		__u32 saddr, daddr;
-	} ip;
+struct ipv4_header {
+	__u8 ver_ihl, tos;
+	__u16 tot_len, id, frag_off;
+	__u8 ttl, protocol;
+	__u16 check;
+	__u32 saddr, daddr;
+};
 
+static __always_inline bool ipv4_match(struct ipv4_header *ip, unsigned char *l3, bool btf)
+{
 	if (cfg.n_host6 && !cfg.n_host4)
 		return false;
-	if (PKT_COPY(btf, &ip, l3))
-		return false;
-	if (cfg.n_host4 && !host4_wanted(ip.saddr, ip.daddr))
+	if (cfg.n_host4 && !host4_wanted(ip->saddr, ip->daddr))
 		return false;
 	if (!cfg.proto && !cfg.port)
 		return true;
 	/* a later fragment has no L4 header: only its protocol can match */
-	if (cfg.port && (ip.frag_off & bpf_htons(IP_OFFSET)))
+	if (cfg.port && (ip->frag_off & bpf_htons(IP_OFFSET)))
 		return false;
-	if ((ip.ver_ihl & 0xF) < 5)
+	if ((ip->ver_ihl & 0xF) < 5)
 		return false;
-	return l4_wanted(ip.protocol, l3 + (ip.ver_ihl & 0xF) * 4, btf);
+	return l4_wanted(ip->protocol, l3 + (ip->ver_ihl & 0xF) * 4, btf);
 }
 
 static __always_inline bool ipv6_wanted(unsigned char *l3, bool btf)
@@ -236,6 +255,55 @@ static __always_inline bool ipv6_wanted(unsigned char *l3, bool btf)
 		nexthdr = ext.nexthdr;
 	}
 	return l4_wanted(nexthdr, l4, btf);
+}
+
+#define VXLAN_PORT 4789
+#define VXLAN_LINUX_PORT 8472
+
+/* The inner IPv4 or IPv6 header of a VXLAN packet (UDP to a VXLAN port), or NULL. */
+static __always_inline unsigned char *vxlan_inner(struct ipv4_header *ip, unsigned char *l3,
+						  __u16 *ethertype, bool btf)
+{
+	struct {
+		__u16 sport, dport;
+	} udp;
+	struct {
+		__u8 pad[12];
+		__u16 ethertype;
+	} eth;
+	unsigned char *l4;
+
+	if (ip->protocol != 17 || (ip->ver_ihl & 0xF) < 5)
+		return NULL;
+	l4 = l3 + (ip->ver_ihl & 0xF) * 4;
+	if (PKT_COPY(btf, &udp, l4) ||
+	    (udp.dport != bpf_htons(VXLAN_PORT) && udp.dport != bpf_htons(VXLAN_LINUX_PORT)))
+		return NULL;
+	if (PKT_COPY(btf, &eth, l4 + 16)) /* after the UDP and VXLAN headers */
+		return NULL;
+	*ethertype = bpf_ntohs(eth.ethertype);
+	return l4 + 16 + ETH_HLEN;
+}
+
+/* An IPv4 packet is wanted for itself, or for the packet inside it when it is VXLAN. */
+static __always_inline bool ipv4_wanted(unsigned char *l3, bool btf)
+{
+	struct ipv4_header ip, inner_ip;
+	unsigned char *inner;
+	__u16 ethertype;
+
+	if (PKT_COPY(btf, &ip, l3))
+		return false;
+	if (ipv4_match(&ip, l3, btf))
+		return true;
+	inner = vxlan_inner(&ip, l3, &ethertype, btf);
+	if (!inner)
+		return false;
+	if (ethertype == ETH_P_IP)
+		return !PKT_COPY(btf, &inner_ip, inner) && ipv4_match(&inner_ip, inner, btf);
+	if (ethertype == ETH_P_IPV6)
+		return ipv6_wanted(inner, btf);
+	return false;
 }
 
 static __always_inline bool arp_wanted(unsigned char *l3, bool btf)
@@ -580,7 +648,7 @@ static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h,
 
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
-				 __u32 reason)
+				 __u32 reason, __u64 packet)
 {
 	unsigned char *first = h->l2 ? h->l2 : h->l3;
 	unsigned char *head = READ(btf, skb, head);
@@ -596,6 +664,7 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	}
 	e->time_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
+	e->packet = packet;
 	e->location = location;
 	e->reason = reason;
 	e->stack[0] = 0;
@@ -642,6 +711,90 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	count(PKTPATH_COUNTER_EMITTED);
 }
 
+static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
+{
+	return (__u64)READ(btf, skb, head);
+}
+
+/* What identifies one IP packet along its way: IPv4 total length, ID, fragment bits and
+ * protocol; IPv6 version, class, flow label, payload length and next header. NAT does not
+ * change them (TTL and checksums are left out); a new packet at a reused address does. */
+static __always_inline __u64 fingerprint_at(unsigned char *l3, __u16 ethertype, bool btf)
+{
+	struct {
+		__u64 word;
+		__u8 ttl, proto;
+	} ip = {};
+
+	if (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6)
+		return 0;
+	if (PKT_COPY(btf, &ip, l3))
+		return 0;
+	if (ethertype == ETH_P_IP) /* bytes 2..7, and the protocol (byte 9) */
+		return (ip.word & 0xFFFFFFFFFFFF0000ULL) | ip.proto;
+	return ip.word & 0x00FFFFFFFFFFFFFFULL; /* bytes 0..6: without the hop limit */
+}
+
+/* The fingerprint of the packet inside a VXLAN one, or 0. */
+static __always_inline __u64 inner_fingerprint(struct headers *h, bool btf)
+{
+	unsigned char *inner;
+	__u16 ethertype;
+
+	struct ipv4_header ip;
+
+	if (h->ethertype != ETH_P_IP || PKT_COPY(btf, &ip, h->l3))
+		return 0;
+	inner = vxlan_inner(&ip, h->l3, &ethertype, btf);
+	return inner ? fingerprint_at(inner, ethertype, btf) : 0;
+}
+
+static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
+					 __u64 fingerprint)
+{
+	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
+				    .fingerprint = fingerprint };
+	__u64 key = (__u64)skb;
+
+	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
+	bpf_map_update_elem(&tracked, &head, &t, BPF_ANY);
+	if (!tracking_started)
+		tracking_started = 1;
+}
+
+/* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not. An
+ * entry counts only while it is fresh and the packet's IP header (or the one inside its VXLAN
+ * encapsulation) still has the tracked fingerprint. A free ends the tracking of its skb. */
+static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
+				       struct headers *h, bool btf)
+{
+	__u64 key = (__u64)skb, now, packet, fingerprint;
+	struct tracked_packet *t;
+
+	if (!tracking_started)
+		return 0;
+	t = bpf_map_lookup_elem(&tracked, &key);
+	if (!t)
+		t = bpf_map_lookup_elem(&tracked, &head);
+	if (!t)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - t->last_ns > TRACK_NS)
+		return 0;
+	fingerprint = t->fingerprint;
+	if (fingerprint && fingerprint_at(h->l3, h->ethertype, btf) != fingerprint &&
+	    inner_fingerprint(h, btf) != fingerprint)
+		return 0;
+	packet = t->packet;
+	if (hook == PKTPATH_HOOK_KFREE_SKB) {
+		bpf_map_delete_elem(&tracked, &key);
+		bpf_map_delete_elem(&tracked, &head);
+	} else {
+		track_packet(skb, head, packet, fingerprint); /* a clone may join; refresh */
+	}
+	return packet;
+}
+
 static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, bool btf,
 				  __u64 location, __u32 reason)
 {
@@ -649,6 +802,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	struct headers h = {};
 	unsigned char *data;
 	__u16 type = 0;
+	__u64 packet;
 
 	if (!dev) {
 		/* a free or an error can come without a device (e.g. from a socket) */
@@ -699,13 +853,21 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	h.l3 = h.l2 ? h.l2 + ETH_HLEN : data;
 	skip_vlan_tags(&h, btf);
 
-	if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h, btf))
-		return 0;
-	if ((cfg.cbpf_len_l2 || cfg.cbpf_len_l3) && !expression_wanted(skb, &h, btf))
-		return 0;
+	packet = cfg.track ? packet_of(skb, head_of(skb, btf), hook, &h, btf) : 0;
+	if (!packet) {
+		if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) &&
+		    !packet_wanted(&h, btf))
+			return 0;
+		if ((cfg.cbpf_len_l2 || cfg.cbpf_len_l3) && !expression_wanted(skb, &h, btf))
+			return 0;
+		packet = (__u64)skb;
+		if (cfg.track && hook != PKTPATH_HOOK_KFREE_SKB)
+			track_packet(skb, head_of(skb, btf), packet,
+				     fingerprint_at(h.l3, h.ethertype, btf));
+	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(ctx, skb, dev, &h, hook, btf, location, reason);
+	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet);
 	return 0;
 }
 
@@ -880,6 +1042,31 @@ int BPF_PROG(raw_tp_fib_table_lookup, __u32 table, struct flowi4 *flp,
 	     struct fib_nh_common *nhc, int err)
 {
 	return route_lookup(table, flp, nhc, err, false);
+}
+
+/* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
+static __always_inline int untrack(struct sk_buff *skb, bool btf)
+{
+	__u64 key = (__u64)skb, head;
+
+	if (!cfg.track || !tracking_started)
+		return 0;
+	head = head_of(skb, btf);
+	bpf_map_delete_elem(&tracked, &key);
+	bpf_map_delete_elem(&tracked, &head);
+	return 0;
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(tp_btf_consume_skb, struct sk_buff *skb)
+{
+	return untrack(skb, true);
+}
+
+SEC("raw_tp/consume_skb")
+int BPF_PROG(raw_tp_consume_skb, struct sk_buff *skb)
+{
+	return untrack(skb, false);
 }
 
 SEC("tp_btf/net_dev_queue")

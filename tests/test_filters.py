@@ -16,9 +16,10 @@ def field(config: bytes, name: str) -> bytes:
     return config[offset:offset + size]
 
 
-def test_empty_filter_is_all_zero() -> None:
-    assert TraceFilter().config() == bytes(CONFIG_STRUCT.size)
-    assert TraceFilter().empty
+def test_empty_filter_is_all_zero_but_tracking() -> None:
+    assert TraceFilter(track=False).config() == bytes(CONFIG_STRUCT.size)
+    assert field(TraceFilter().config(), "track") == b"\x01"
+    assert TraceFilter().empty and TraceFilter(track=False).empty
 
 
 def test_config_fields_land_where_the_kernel_reads_them() -> None:

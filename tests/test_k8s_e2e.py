@@ -121,13 +121,16 @@ def test_pod_to_pod_across_two_nodes_over_vxlan(cluster: Any, agents: Any, lab: 
     status = body["status"]
     assert status["phase"] == "Succeeded", status
     va, vb = a.veths["web-0"], b.veths["db-1"]
+    # the vxlan underlay (eth0 of each node) is followed too: tracking, tunnel decoded
     assert path_of(body) == [
         ("node-a", f"{ns}/web-0", "eth0", "request"), ("node-a", "host", va, "request"),
         ("node-a", "host", "cni0", "request"), ("node-a", "host", "flannel.1", "request"),
+        ("node-a", "host", "eth0", "request"), ("node-b", "host", "eth0", "request"),
         ("node-b", "host", "flannel.1", "request"), ("node-b", "host", "cni0", "request"),
         ("node-b", "host", vb, "request"), ("node-b", f"{ns}/db-1", "eth0", "request"),
         ("node-b", f"{ns}/db-1", "eth0", "reply"), ("node-b", "host", vb, "reply"),
         ("node-b", "host", "cni0", "reply"), ("node-b", "host", "flannel.1", "reply"),
+        ("node-b", "host", "eth0", "reply"), ("node-a", "host", "eth0", "reply"),
         ("node-a", "host", "flannel.1", "reply"), ("node-a", "host", "cni0", "reply"),
         ("node-a", "host", va, "reply"), ("node-a", f"{ns}/web-0", "eth0", "reply")]
     assert status["result"] == "delivered (2/2 probes answered)"
@@ -204,7 +207,8 @@ def test_deleting_a_running_trace_stops_its_probes_at_once(cluster: Any, agents:
     cluster.apply(packet_trace("long", ns, {"pod": "web-0"}, {"pod": "db-1"},
                                probe={"count": 500, "interval": "100ms"}, timeout="60s"))
     wait_for("probes", lambda: probes_sent(cluster, ns, "long") >= 3)
-    assert agent.metrics()["pktpath_programs_attached"] == 4  # transmit, receive, drops, ICMP
+    # transmit, receive, drops, ICMP errors, frees after use (tracking)
+    assert agent.metrics()["pktpath_programs_attached"] == 5
 
     cluster.kubectl("delete", "packettrace", "long", "-n", ns)
     wait_for("the session to end", lambda: agent.metrics()["pktpath_traces_running"] == 0, 5)

@@ -15,7 +15,8 @@ def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
            hook: Hook = Hook.NET_DEV_QUEUE, flags: int = EventFlag.L2, protocol: int = 0x0800,
            vlan_tci: int = 0) -> bytes:
     return EVENT_STRUCT.pack(
-        123456789, 0xFFFF888012345678, 0, *([0] * STACK_DEPTH), netns, 3, len(frame), 1, 0,
+        123456789, 0xFFFF888012345678, 0xFFFF888012345678, 0,
+        *([0] * STACK_DEPTH), netns, 3, len(frame), 1, 0,
         len(frame), struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook,
         flags, b"", b"", ifname.encode(), frame)
 
@@ -49,7 +50,8 @@ def test_json_has_the_documented_keys_and_only_those_that_apply() -> None:
     obj = json_object(hop_from_record(record(eth(0x0800) + ipv4(1, ECHO))))
     assert obj == {
         "time_ns": 123456789, "hook": "net_dev_queue", "netns": 4026531957, "ifindex": 3,
-        "ifname": "docker0", "skb": "0xffff888012345678", "cpu": 1, "len": 98,
+        "ifname": "docker0", "skb": "0xffff888012345678", "packet": "0xffff888012345678",
+        "cpu": 1, "len": 98,
         "family": "ipv4", "eth_src": "02:00:00:00:00:01", "eth_dst": "02:00:00:00:00:02",
         "proto": "icmp", "src": "10.200.0.1", "dst": "10.200.0.2", "ttl": 64,
         "icmp_type": 8, "icmp_code": 0, "icmp_id": 17146, "icmp_seq": 1,
@@ -63,3 +65,13 @@ def test_json_of_a_packet_without_ethernet_with_an_offloaded_vlan_tag() -> None:
     assert obj["hook"] == "netif_receive_skb"
     assert (obj["vlan"], obj["sport"], obj["dport"]) == (7, 1, 2)
     assert "eth_src" not in obj and "icmp_type" not in obj
+
+
+def test_vxlan_is_decoded_both_ways() -> None:
+    inner = eth(0x0800) + ipv4(1, ECHO)
+    vxlan = bytes([0x08, 0, 0, 0, 0, 0, 1, 0]) + inner
+    udp = struct.pack("!HHHH", 51234, 8472, 8 + len(vxlan), 0) + vxlan
+    obj = json_object(hop_from_record(record(eth(0x0800) + ipv4(17, udp), ifname="eth0")))
+    assert (obj["proto"], obj["icmp_type"], obj["src"], obj["dst"]) == (
+        "icmp", 8, "10.200.0.1", "10.200.0.2")
+    assert obj["tunnel"] == {"type": "vxlan", "vni": 1, "src": "10.200.0.1", "dst": "10.200.0.2"}

@@ -301,8 +301,9 @@ def test_nothing_stays_attached_after_exit(lab: Netlab, trace: Any) -> None:
     before = {p["id"] for p in loaded_programs()}
     run = trace("--proto", "icmp", "--host", "10.200.23.9")
     ours = {p["id"]: p["name"] for p in loaded_programs() if p["id"] not in before}
-    assert sorted(ours.values()) == ["tp_btf_icmp_send", "tp_btf_kfree_skb",
-                                     "tp_btf_net_dev_queue", "tp_btf_netif_receive_skb"]
+    assert sorted(ours.values()) == ["tp_btf_consume_skb", "tp_btf_icmp_send",
+                                     "tp_btf_kfree_skb", "tp_btf_net_dev_queue",
+                                     "tp_btf_netif_receive_skb"]
     run.stop()
     assert programs_gone(set(ours)), "the kernel still holds pktpath's programs after exit"
 

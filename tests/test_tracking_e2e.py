@@ -1,0 +1,80 @@
+"""End-to-end: a matched packet is followed where the filter no longer matches it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from conftest import need
+from netlab import Netlab, docker_like, k8s_node, k8s_pod, vxlan_join
+from test_trace_e2e import wait_listening
+
+
+def test_vxlan_underlay_hops_are_followed_and_decoded(lab: Netlab, trace: Any) -> None:
+    a, b = k8s_node(lab, "node-a", 74), k8s_node(lab, "node-b", 75)
+    vxlan_join(lab, a, b)
+    k8s_pod(lab, a, "web", 10)
+    db = k8s_pod(lab, b, "db", 10)
+    tracked = trace("--host", db, "--proto", "icmp", "--json")
+    untracked = trace("--host", db, "--proto", "icmp", "--json", "--no-track")
+    a.pods["web"].sh("ping", "-c1", "-W2", db)
+    requests = [e for e in tracked.stop().events() if e.get("icmp_type") == 8]
+    plain = [e for e in untracked.stop().events() if e.get("icmp_type") == 8]
+
+    path = [(e["netns"], e["ifname"]) for e in requests]
+    assert path == [
+        (a.pods["web"].inode, "eth0"), (a.ns.inode, a.veths["web"]), (a.ns.inode, "cni0"),
+        (a.ns.inode, "flannel.1"), (a.ns.inode, "eth0"), (b.ns.inode, "eth0"),
+        (b.ns.inode, "flannel.1"), (b.ns.inode, "cni0"), (b.ns.inode, b.veths["db"]),
+        (b.pods["db"].inode, "eth0")]
+    underlay = [e for e in requests if e.get("tunnel")]
+    assert [e["netns"] for e in underlay] == [a.ns.inode, b.ns.inode]
+    assert underlay[0]["tunnel"] == {"type": "vxlan", "vni": 1, "src": "10.200.250.1",
+                                     "dst": "10.200.250.2"}
+    assert {(e["src"], e["dst"]) for e in requests} == {("10.200.74.10", db)}, "inner addresses"
+    assert len({e["packet"] for e in requests}) == 1, "one packet all the way"
+    # the kernel filter looks inside VXLAN too, so even untracked the underlay hops match
+    assert [(e["netns"], e["ifname"]) for e in plain] == path
+
+
+def test_docker_port_mapping_is_followed_through_dnat(lab: Netlab, trace: Any) -> None:
+    need(shutil.which("iptables") is not None, "iptables is not installed")
+    net = docker_like(lab, 76)
+    client = lab.ns("client")
+    lab.veth(client, "eth0", net.host, "to-client")
+    client.ip("addr", "add", "10.200.77.2/24", "dev", "eth0")
+    net.host.ip("addr", "add", "10.200.77.1/24", "dev", "to-client")
+    client.ip("route", "add", "default", "via", "10.200.77.1")
+    net.container.ip("route", "add", "default", "via", net.host_addr)
+    net.host.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    net.host.sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080",
+                "-j", "DNAT", "--to-destination", f"{net.container_addr}:80")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", net.container.name, sys.executable, "-c",
+         "import socket; s=socket.socket(); s.bind(('0.0.0.0', 80)); s.listen();"
+         "c, _ = s.accept(); c.recv(10)"])
+    try:
+        wait_listening(net, 80)
+        run = trace("tcp and dst port 8080", "--json")
+        untracked = trace("tcp and dst port 8080", "--json", "--no-track")
+        client.sh(sys.executable, "-c", "import socket; c=socket.create_connection("
+                  "('10.200.77.1', 8080), timeout=2); c.sendall(b'hi'); c.close()")
+        server.wait(5)
+        events = run.stop().events()
+        plain = [e for e in untracked.stop().events() if e.get("tcp_flags") == "S"]
+    finally:
+        server.kill()
+        server.wait()
+
+    syn = [e for e in events if e.get("tcp_flags") == "S"]
+    assert [(e["netns"], e["ifname"], e["dst"], e["dport"]) for e in syn] == [
+        (client.inode, "eth0", "10.200.77.1", 8080),
+        (net.host.inode, "to-client", "10.200.77.1", 8080),
+        (net.host.inode, "docker0", net.container_addr, 80),
+        (net.host.inode, net.veth, net.container_addr, 80),
+        (net.container.inode, "eth0", net.container_addr, 80)]
+    assert len({e["packet"] for e in syn}) == 1
+    assert [(e["ifname"], e["dport"]) for e in plain] == [("eth0", 8080), ("to-client", 8080)], \
+        "without tracking, the packet is lost from sight at the DNAT"
