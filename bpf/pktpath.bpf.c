@@ -1016,34 +1016,6 @@ static __always_inline int route6_lookup(struct net *net, struct fib6_result *re
 	return 0;
 }
 
-SEC("tp_btf/fib6_table_lookup")
-int BPF_PROG(tp_btf_fib6_table_lookup, struct net *net, struct fib6_result *res,
-	     struct fib6_table *table, struct flowi6 *flp)
-{
-	return route6_lookup(net, res, table, flp, true);
-}
-
-SEC("raw_tp/fib6_table_lookup")
-int BPF_PROG(raw_tp_fib6_table_lookup, struct net *net, struct fib6_result *res,
-	     struct fib6_table *table, struct flowi6 *flp)
-{
-	return route6_lookup(net, res, table, flp, false);
-}
-
-SEC("tp_btf/fib_table_lookup")
-int BPF_PROG(tp_btf_fib_table_lookup, __u32 table, struct flowi4 *flp,
-	     struct fib_nh_common *nhc, int err)
-{
-	return route_lookup(table, flp, nhc, err, true);
-}
-
-SEC("raw_tp/fib_table_lookup")
-int BPF_PROG(raw_tp_fib_table_lookup, __u32 table, struct flowi4 *flp,
-	     struct fib_nh_common *nhc, int err)
-{
-	return route_lookup(table, flp, nhc, err, false);
-}
-
 /* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
 static __always_inline int untrack(struct sk_buff *skb, bool btf)
 {
@@ -1057,62 +1029,33 @@ static __always_inline int untrack(struct sk_buff *skb, bool btf)
 	return 0;
 }
 
-SEC("tp_btf/consume_skb")
-int BPF_PROG(tp_btf_consume_skb, struct sk_buff *skb)
-{
-	return untrack(skb, true);
-}
+/* Every hook twice: tp_btf (typed skb, direct loads) and raw_tp (probe reads), from one body in
+ * which `btf` is a constant; the loader keeps one of the two. */
+#define TWIN(tp, body, ...)                                                              \
+	SEC("tp_btf/" #tp)                                                               \
+	int BPF_PROG(tp_btf_##tp, __VA_ARGS__)                                           \
+	{                                                                                \
+		const bool btf = true;                                                   \
+		return body;                                                             \
+	}                                                                                \
+	SEC("raw_tp/" #tp)                                                               \
+	int BPF_PROG(raw_tp_##tp, __VA_ARGS__)                                           \
+	{                                                                                \
+		const bool btf = false;                                                  \
+		return body;                                                             \
+	}
 
-SEC("raw_tp/consume_skb")
-int BPF_PROG(raw_tp_consume_skb, struct sk_buff *skb)
-{
-	return untrack(skb, false);
-}
-
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(tp_btf_net_dev_queue, struct sk_buff *skb)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, true, 0, 0);
-}
-
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(tp_btf_netif_receive_skb, struct sk_buff *skb)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, true, 0, 0);
-}
-
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location, int reason)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, true, (__u64)location, reason);
-}
-
-SEC("tp_btf/icmp_send")
-int BPF_PROG(tp_btf_icmp_send, struct sk_buff *skb, int type, int code)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, true, 0, (type & 0xFF) << 8 | (code & 0xFF));
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(raw_tp_net_dev_queue, struct sk_buff *skb)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, false, 0, 0);
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(raw_tp_netif_receive_skb, struct sk_buff *skb)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, false, 0, 0);
-}
-
-SEC("raw_tp/kfree_skb")
-int BPF_PROG(raw_tp_kfree_skb, struct sk_buff *skb, void *location, int reason)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, false, (__u64)location, reason);
-}
-
-SEC("raw_tp/icmp_send")
-int BPF_PROG(raw_tp_icmp_send, struct sk_buff *skb, int type, int code)
-{
-	return handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, false, 0, (type & 0xFF) << 8 | (code & 0xFF));
-}
+TWIN(net_dev_queue, handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, btf, 0, 0),
+     struct sk_buff *skb)
+TWIN(netif_receive_skb, handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, btf, 0, 0),
+     struct sk_buff *skb)
+TWIN(kfree_skb, handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, btf, (__u64)location, reason),
+     struct sk_buff *skb, void *location, int reason)
+TWIN(icmp_send, handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, btf, 0,
+		       (type & 0xFF) << 8 | (code & 0xFF)),
+     struct sk_buff *skb, int type, int code)
+TWIN(consume_skb, untrack(skb, btf), struct sk_buff *skb)
+TWIN(fib_table_lookup, route_lookup(table, flp, nhc, err, btf),
+     __u32 table, struct flowi4 *flp, struct fib_nh_common *nhc, int err)
+TWIN(fib6_table_lookup, route6_lookup(net, res, table, flp, btf),
+     struct net *net, struct fib6_result *res, struct fib6_table *table, struct flowi6 *flp)
