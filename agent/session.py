@@ -81,7 +81,6 @@ def run(
     as_json: bool = False,
     latency: bool = False,
     count: int = 0,
-    on_hop: Callable[[Hop], None] | None = None,
     annotate: Callable[[Hop], Hop] | None = None,
 ) -> SessionResult:
     """Write hops to out until stop is set or count hops were written; then the summary."""
@@ -96,8 +95,6 @@ def run(
                 hop = annotate(hop)
             out.write(fmt(hop) + "\n")
             shown += 1
-            if on_hop:
-                on_hop(hop)
             if count and shown >= count:
                 stop.set()
                 break

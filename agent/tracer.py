@@ -1,14 +1,13 @@
 """The tracing core: attach the probes for a filter and turn ring-buffer records into hops.
 
-Knows nothing of terminals or Kubernetes; the CLI and the agent iterate over :meth:`Tracer.hops`.
+Knows nothing of terminals or Kubernetes; the CLI and the agent call :meth:`Tracer.poll`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from agent.errors import PktpathError
@@ -68,7 +67,7 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None
 
 
 class Tracer:
-    """Probes attached for one filter. Use as a context manager; iterate :meth:`hops`."""
+    """Probes attached for one filter. Use as a context manager; read with :meth:`poll`."""
 
     def __init__(
         self,
@@ -120,12 +119,6 @@ class Tracer:
         """Whatever is left in the ring buffer, without waiting."""
         self._probes.consume(self._rb)
         return self._take_pending()
-
-    def hops(self, stop: threading.Event, poll_ms: int = 100) -> Iterator[Hop]:
-        """Hops as they come, until stop is set; then what is left in the ring buffer."""
-        while not stop.is_set():
-            yield from self.poll(poll_ms)
-        yield from self.drain()
 
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []

@@ -29,11 +29,6 @@ class Metrics:
         with self._lock:
             self._values[name] += value
 
-    def get(self, name: str) -> int:
-        """The current value."""
-        with self._lock:
-            return self._values[name]
-
     def render(self) -> str:
         """The Prometheus text exposition."""
         lines = []
