@@ -6,6 +6,7 @@ a key is absent when it does not apply.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from agent.packet import Packet, tcp_flags_text
@@ -50,13 +51,44 @@ def _endpoint(addr: str | None, port: int) -> str:
     return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
 
 
-def text_line(hop: Hop, latency: bool = False) -> str:
+class Rewrites:
+    """Notices when a packet's addresses or ports change between two of its hops (NAT)."""
+
+    def __init__(self, memory: int = 4096) -> None:
+        self._last: OrderedDict[int, tuple[object, ...]] = OrderedDict()
+        self._memory = memory
+
+    def __call__(self, hop: Hop) -> str | None:
+        """``DNAT``, ``SNAT``, ``SNAT+DNAT``, or None when nothing changed."""
+        p = hop.packet
+        if not hop.event.packet or p.src is None:
+            return None
+        now = (p.src, p.sport, p.dst, p.dport)
+        before = self._last.get(hop.event.packet)
+        self._last[hop.event.packet] = now
+        self._last.move_to_end(hop.event.packet)
+        if len(self._last) > self._memory:
+            self._last.popitem(last=False)
+        if before is None or before == now:
+            return None
+        kinds = [kind for kind, a, b in (("SNAT", before[:2], now[:2]),
+                                         ("DNAT", before[2:], now[2:])) if a != b]
+        return "+".join(kinds)
+
+
+def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None) -> str:
     """The hop as one line of text; a free ends with DROPPED (why) or delivered.
 
-    With latency, the time since the packet's first hop follows the addresses (+0.021ms).
+    With latency, the time since the packet's first hop follows the addresses (+0.021ms); a
+    rewrite (``DNAT``) is marked after them, and an encapsulated packet shows its tunnel.
     """
     e = hop.event
     line = f"[{e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    tunnel = hop.packet.tunnel
+    if tunnel is not None:
+        line += f" (in {tunnel.type} vni {tunnel.vni} {tunnel.src} -> {tunnel.dst})"
+    if rewrite:
+        line += f"  {rewrite}"
     if latency and hop.since_first_ns is not None:
         line += f" +{hop.since_first_ns / 1e6:.3f}ms"
     if hop.fate is not None:
@@ -69,7 +101,7 @@ def text_line(hop: Hop, latency: bool = False) -> str:
     return line
 
 
-def json_object(hop: Hop) -> dict[str, Any]:
+def json_object(hop: Hop, rewrite: str | None = None) -> dict[str, Any]:
     """The hop as a JSON-ready dict (keys documented in README.md)."""
     e, p = hop.event, hop.packet
     obj: dict[str, Any] = {
@@ -104,6 +136,7 @@ def json_object(hop: Hop) -> dict[str, Any]:
         "fragment": True if p.fragment else None,
         "truncated": True if p.truncated else None,
         "since_first_ns": hop.since_first_ns,
+        "rewrite": rewrite,
         "tunnel": ({"type": p.tunnel.type, "vni": p.tunnel.vni, "src": p.tunnel.src,
                     "dst": p.tunnel.dst} if p.tunnel else None),
     }

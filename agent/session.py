@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
-from agent.output import json_object, text_line
+from agent.output import Rewrites, json_object, text_line
 from agent.tracer import Hop, Tracer
 
 LOSS_CHECK_SECONDS = 1.0
@@ -53,10 +53,11 @@ def announce(tracer: Tracer, err: TextIO) -> None:
 
 
 def formatter(as_json: bool, latency: bool = False) -> Callable[[Hop], str]:
-    """The function that turns a hop into its output line."""
+    """The function that turns a hop into its output line (marking NAT rewrites)."""
+    rewrites = Rewrites()
     if as_json:
-        return lambda hop: json.dumps(json_object(hop), separators=(",", ":"))
-    return lambda hop: text_line(hop, latency)
+        return lambda hop: json.dumps(json_object(hop, rewrites(hop)), separators=(",", ":"))
+    return lambda hop: text_line(hop, latency, rewrites(hop))
 
 
 @contextmanager

@@ -76,5 +76,36 @@ def test_docker_port_mapping_is_followed_through_dnat(lab: Netlab, trace: Any) -
         (net.host.inode, net.veth, net.container_addr, 80),
         (net.container.inode, "eth0", net.container_addr, 80)]
     assert len({e["packet"] for e in syn}) == 1
+    assert [e.get("rewrite") for e in syn] == [None, None, "DNAT", None, None]
     assert [(e["ifname"], e["dport"]) for e in plain] == [("eth0", 8080), ("to-client", 8080)], \
         "without tracking, the packet is lost from sight at the DNAT"
+
+
+def test_text_marks_the_rewrite_and_the_tunnel(lab: Netlab, trace: Any) -> None:
+    a, b = k8s_node(lab, "node-a", 78), k8s_node(lab, "node-b", 79)
+    vxlan_join(lab, a, b)
+    k8s_pod(lab, a, "web", 10)
+    db = k8s_pod(lab, b, "db", 10)
+    run = trace("--host", db, "--proto", "icmp", "--no-drops")
+    a.pods["web"].sh("ping", "-c1", "-W2", db)
+    lines = [line for line in run.stop().lines() if "request" in line]
+    assert lines[4] == (f"[{a.ns.inode:>12}]             eth0 request "
+                        f"#{lines[0].split('#')[1].split()[0]} 10.200.78.10 -> {db} "
+                        "(in vxlan vni 1 10.200.250.1 -> 10.200.250.2)")
+
+
+def test_bridge_flood_clones_are_the_same_packet(lab: Netlab, trace: Any) -> None:
+    net = docker_like(lab, 80)
+    other = lab.ns("other")
+    lab.veth(net.host, "vethother", other, "eth0")
+    net.host.ip("link", "set", "vethother", "master", "docker0")
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)  # learn the container's MAC
+    net.host.ip("link", "set", "docker0", "type", "bridge", "ageing_time", "0")  # a hub now
+    run = trace("--host", net.container_addr, "--proto", "icmp", "--json")
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    requests = [e for e in run.stop().events() if e.get("icmp_type") == 8]
+
+    flooded = {e["ifname"]: e for e in requests if e["netns"] == net.host.inode}
+    assert {net.veth, "vethother"} <= set(flooded), "the bridge floods both ports"
+    assert flooded[net.veth]["skb"] != flooded["vethother"]["skb"], "a clone"
+    assert flooded[net.veth]["packet"] == flooded["vethother"]["packet"], "tied to its parent"
