@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from agent.errors import PktpathError
 from agent.event import DEFAULT_HOOKS, Counter, Hook, RawEvent, decode_event
@@ -39,7 +39,8 @@ class Hop:
             return None
 
 
-def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None:
+def hop_from_record(record: bytes, judge: FateJudge | None = None,
+                    since_first: SinceFirst | None = None) -> Hop | None:
     """Decode one ring-buffer record into a hop; with a judge, frees get their fate.
 
     An ICMP error the kernel sends and a routing lookup are not hops: the judge ties them to the
@@ -48,8 +49,9 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None
     event = decode_event(record)
     packet = from_flow(event.data) if event.flow else decode(event.data, event.l2,
                                                              event.protocol)
+    since = since_first(event, packet) if since_first is not None else None
     if judge is None:
-        return Hop(event, packet)
+        return Hop(event, packet, since_first_ns=since)
     if event.hook in (Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP):
         judge.route_lookup(event.cpu, event.time_ns, packet, event.location, event.reason,
                            event.ifname, event.nexthop)
@@ -61,9 +63,10 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None) -> Hop | None
     if event.hook == Hook.KFREE_SKB:
         fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
                            event.nexthop, route)
-        return Hop(event, packet, fate, route=route)
+        return Hop(event, packet, fate, since, route)
     judge.observe(packet)
-    return Hop(event, packet, route=route if event.hook == Hook.NET_DEV_QUEUE else None)
+    return Hop(event, packet, None, since,
+               route if event.hook == Hook.NET_DEV_QUEUE else None)
 
 
 class Tracer:
@@ -122,12 +125,8 @@ class Tracer:
 
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []
-        hops = []
-        for record in batch:
-            hop = hop_from_record(record, self._judge)
-            if hop is not None:
-                hops.append(replace(hop, since_first_ns=self._since_first(hop.event, hop.packet)))
-        return hops
+        hops = (hop_from_record(record, self._judge, self._since_first) for record in batch)
+        return [hop for hop in hops if hop is not None]
 
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Trace only these namespaces (the filter must have netns_set)."""

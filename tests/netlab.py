@@ -6,9 +6,13 @@ addresses come from 10.200.0.0/16 and fd00:200::/48 only, and no traffic leaves 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -181,3 +185,34 @@ def routed(lab: Netlab, a: int, b: int) -> Routed:
     c2.ip("route", "add", "default", "via", f"10.200.{b}.1")
     router.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
     return Routed(c1, router, c2, f"10.200.{a}.2", f"10.200.{b}.2")
+
+
+@contextlib.contextmanager
+def tcp_listener(ns: Ns, port: int, address: str = "0.0.0.0") -> Iterator[subprocess.Popen[str]]:
+    """A process in ns that accepts one TCP connection on port and reads from it; the block
+    starts once it listens, and the process is gone after it."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c",
+         "import socket; s=socket.socket();"
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+         f"s.bind(('{address}', {port})); s.listen(); c, _ = s.accept(); c.recv(10)"],
+        text=True)
+    try:
+        for _ in range(50):
+            if ns.sh("ss", "-Hltn", f"sport = :{port}", check=False).stdout.strip():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"nothing listens on {port} in {ns.name}")
+        yield server
+    finally:
+        server.kill()
+        server.wait()
+
+
+def vxlan_pods(lab: Netlab, subnet_a: int, subnet_b: int) -> tuple[Node, Node, str]:
+    """Two vxlan-joined nodes with pod "web" on the first and "db" on the second; db's IP."""
+    a, b = k8s_node(lab, "node-a", subnet_a), k8s_node(lab, "node-b", subnet_b)
+    vxlan_join(lab, a, b)
+    k8s_pod(lab, a, "web", 10)
+    return a, b, k8s_pod(lab, b, "db", 10)

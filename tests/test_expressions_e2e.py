@@ -8,7 +8,6 @@ satisfies the expression, and the packets that should appear do.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,20 +15,15 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from netlab import DockerLike, Netlab, docker_like
-from test_trace_e2e import send_udp, udp_sink, wait_listening
+from netlab import DockerLike, Netlab, docker_like, tcp_listener
+from test_trace_e2e import send_udp, udp_sink
 
 Event = dict[str, Any]
 VLAN_HOST, VLAN_CTR = "10.200.72.1", "10.200.72.2"
 
 
 def mixed_traffic(net: DockerLike) -> None:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", net.container.name, sys.executable, "-c",
-         "import socket; s=socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen();"
-         "c, _ = s.accept(); c.recv(10); c.close()"])
-    try:
-        wait_listening(net, 8080)
+    with tcp_listener(net.container, 8080) as server:
         net.host.sh(sys.executable, "-c",
                     "import socket; c=socket.create_connection("
                     f"('{net.container_addr}', 8080), timeout=2); c.sendall(b'hi'); c.close()")
@@ -37,9 +31,6 @@ def mixed_traffic(net: DockerLike) -> None:
                     "import socket\ntry: socket.create_connection("
                     f"('{net.container_addr}', 22), timeout=2)\nexcept OSError: pass")
         server.wait(5)
-    finally:
-        server.kill()
-        server.wait()
     with udp_sink(net, 53):
         send_udp(net, b"v4", 40053, 53)
         for port in (53, 5353):

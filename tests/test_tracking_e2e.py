@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from typing import Any
 
 from conftest import need
-from netlab import Netlab, docker_like, k8s_node, k8s_pod, vxlan_join
-from test_trace_e2e import wait_listening
+from netlab import Netlab, docker_like, tcp_listener, vxlan_pods
 
 
 def test_vxlan_underlay_hops_are_followed_and_decoded(lab: Netlab, trace: Any) -> None:
-    a, b = k8s_node(lab, "node-a", 74), k8s_node(lab, "node-b", 75)
-    vxlan_join(lab, a, b)
-    k8s_pod(lab, a, "web", 10)
-    db = k8s_pod(lab, b, "db", 10)
+    a, b, db = vxlan_pods(lab, 74, 75)
     tracked = trace("--host", db, "--proto", "icmp", "--json")
     untracked = trace("--host", db, "--proto", "icmp", "--json", "--no-track")
     a.pods["web"].sh("ping", "-c1", "-W2", db)
@@ -51,12 +46,7 @@ def test_docker_port_mapping_is_followed_through_dnat(lab: Netlab, trace: Any) -
     net.host.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
     net.host.sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080",
                 "-j", "DNAT", "--to-destination", f"{net.container_addr}:80")
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", net.container.name, sys.executable, "-c",
-         "import socket; s=socket.socket(); s.bind(('0.0.0.0', 80)); s.listen();"
-         "c, _ = s.accept(); c.recv(10)"])
-    try:
-        wait_listening(net, 80)
+    with tcp_listener(net.container, 80) as server:
         run = trace("tcp and dst port 8080", "--json")
         untracked = trace("tcp and dst port 8080", "--json", "--no-track")
         client.sh(sys.executable, "-c", "import socket; c=socket.create_connection("
@@ -64,9 +54,6 @@ def test_docker_port_mapping_is_followed_through_dnat(lab: Netlab, trace: Any) -
         server.wait(5)
         events = run.stop().events()
         plain = [e for e in untracked.stop().events() if e.get("tcp_flags") == "S"]
-    finally:
-        server.kill()
-        server.wait()
 
     syn = [e for e in events if e.get("tcp_flags") == "S"]
     assert [(e["netns"], e["ifname"], e["dst"], e["dport"]) for e in syn] == [
@@ -82,10 +69,7 @@ def test_docker_port_mapping_is_followed_through_dnat(lab: Netlab, trace: Any) -
 
 
 def test_text_marks_the_rewrite_and_the_tunnel(lab: Netlab, trace: Any) -> None:
-    a, b = k8s_node(lab, "node-a", 78), k8s_node(lab, "node-b", 79)
-    vxlan_join(lab, a, b)
-    k8s_pod(lab, a, "web", 10)
-    db = k8s_pod(lab, b, "db", 10)
+    a, _, db = vxlan_pods(lab, 78, 79)
     run = trace("--host", db, "--proto", "icmp", "--no-drops")
     a.pods["web"].sh("ping", "-c1", "-W2", db)
     lines = [line for line in run.stop().lines() if "request" in line]

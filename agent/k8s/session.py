@@ -103,6 +103,7 @@ class TraceSession(threading.Thread):
         self.probes_sent = int(self._resume.get("probesSent", 0))
         self.started_at = self._resume.get("startedAt") or now_rfc3339()
         self._clock_offset = time.time_ns() - time.monotonic_ns()  # kernel time -> wall time
+        self.icmp_ident = int(self.uid.replace("-", "")[:8], 16) & 0xFFFF  # of its probes
         self._flows: dict[tuple[Any, ...], int] = {}
         self._drop_reported = False
         self.prober: Prober | None = None
@@ -222,7 +223,7 @@ class TraceSession(threading.Thread):
             raise RuntimeError(f"the network namespace of source pod {pod.ref} was not found "
                                f"on node {self.ctx.node}")
         self.prober = Prober(path, self.ends.destination_ip, self.spec.protocol, self.spec.port,
-                             ident=int(self.uid.replace("-", "")[:8], 16) & 0xFFFF)
+                             ident=self.icmp_ident)
         thread = threading.Thread(target=self._probe, args=(deadline,), daemon=True,
                                   name=f"probe:{self.trace_name}")
         thread.start()
@@ -280,8 +281,7 @@ class TraceSession(threading.Thread):
         if self.spec.probe_count:
             if self.spec.protocol == "icmp":
                 echo = ECHO_REQUEST if direction == "request" else ECHO_REPLY
-                ident = int(self.uid.replace("-", "")[:8], 16) & 0xFFFF
-                if p.icmp_type in echo and p.icmp_id == ident and p.icmp_seq:
+                if p.icmp_type in echo and p.icmp_id == self.icmp_ident and p.icmp_seq:
                     return p.icmp_seq, direction
                 return None
             if self.prober is not None:  # this node sends the probes: match source ports
