@@ -10,18 +10,22 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn, TextIO
 
 from agent import __version__, netns
+from agent.diagram import FirstPath, draw
 from agent.errors import EXIT_USAGE, PktpathError, UsageError
 from agent.event import Hook
 from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
+from agent.names import NetnsNames
 from agent.nftrace import NfTrace
 from agent.pcapfilter import compile_expression
+from agent.pcapng import PcapngWriter, open_private
 from agent.privileges import require_btf, require_network_admin, require_tracing
 from agent.probes import DEFAULT_RING_BYTES
 from agent.session import announce, message, run, stop_on_signals
-from agent.tracer import Tracer
+from agent.tracer import Hop, Tracer
 
 TRACE_EXAMPLES = """\
 examples:
@@ -37,6 +41,15 @@ AGENT_EXAMPLES = """\
 examples:
   NODE_NAME=node-a pktpath agent                 as the DaemonSet runs it
   pktpath agent --node node-a --host-netns /run/netns/node-a --listen 127.0.0.1:9900
+"""
+
+PING_EXAMPLES = """\
+examples:
+  pktpath ping --from blue 10.200.1.2              live table of ICMP probes from `ip netns` blue
+  pktpath ping --from web 10.200.1.2 --report -c 5 mtr-style report of 5 probes, then the path
+  pktpath ping --from pid:4242 --tcp --port 80 10.200.1.2   TCP SYNs from a process's namespace
+  pktpath ping --from 3f2a9c1b7d0e fd00:200::2     from a container (name or ID), over IPv6
+  pktpath ping --from blue 10.200.1.2 -c 5 --json  mtr's JSON report, with namespaces
 """
 
 DEMO_EXAMPLES = """\
@@ -114,6 +127,41 @@ def build_parser() -> argparse.ArgumentParser:
                        "(JSON route), and which route failed for a drop (costs more)")
     trace.add_argument("--no-drops", action="store_true",
                        help="only the path: no drops or ICMP errors")
+    trace.add_argument("-w", "--write", metavar="FILE",
+                       help="also write the packets to FILE as pcap-ng (mode 0600), a comment "
+                       "on each naming its namespace, interface, hook and packet")
+    trace.add_argument("--diagram", action="store_true",
+                       help="at the end, draw the path of the first packet traced (and its "
+                       "reply) across namespaces")
+
+    ping = sub.add_parser("ping", help="send probes and show, mtr-style, where they go",
+                          description="Send probes (ICMP echo, UDP or TCP SYN) from a network "
+                          "namespace, trace only them, and show per interface and direction "
+                          "how many were seen and how long after sending. A live table on a "
+                          "terminal (q quits, p pauses, r resets); else, or with --report, "
+                          "the final table and the path diagram.", epilog=PING_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    ping.add_argument("target", help="IP address (or name) to probe")
+    ping.add_argument("--from", dest="from_", metavar="WHERE",
+                      help="send from this network namespace: `ip netns` name, path, pid:N, or "
+                      "a container name or ID (default: this process's namespace)")
+    kind = ping.add_mutually_exclusive_group()
+    kind.add_argument("--udp", action="store_true", help="UDP datagrams (needs --port)")
+    kind.add_argument("--tcp", action="store_true", help="TCP SYNs (needs --port)")
+    ping.add_argument("--port", metavar="N",
+                      help="destination port for --udp or --tcp")
+    ping.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                      help="probes to send (default: 10 in a report, until q when live)")
+    ping.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                      help="time between probes (default 1)")
+    ping.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
+                      help="how long a probe is waited for after it was sent (default 1)")
+    ping.add_argument("-r", "--report", action="store_true",
+                      help="no live table: print the report when the probes are done")
+    shape = ping.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the report as mtr's JSON")
+    shape.add_argument("--csv", action="store_true", help="the report as mtr's CSV")
+    ping.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
 
     demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
                           description="Build a docker-like network in temporary namespaces (a "
@@ -183,18 +231,52 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.routes:
         hooks += [Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP]
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
-    with stop_on_signals(stop), nf or contextlib.nullcontext(), \
+    names = NetnsNames()
+    pcap = open_private(args.write) if args.write else None
+    sinks: list[Callable[[Hop], None]] = []
+    path = FirstPath(names) if args.diagram else None
+    if path is not None:
+        sinks.append(path)
+    writer = PcapngWriter(pcap, names) if pcap is not None else None
+    if writer is not None:
+        sinks.append(writer.write)
+    with stop_on_signals(stop), pcap or contextlib.nullcontext(), \
+            nf or contextlib.nullcontext(), \
             Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
                    ring_bytes=args.buffer_size) as tracer:
         if nf is not None:
             for where in nf.removed_stale:
                 message(err, f"removed {where}, left by a pktpath that was killed")
-            names = ", ".join(n.name or n.path for n in nf.namespaces) or "no namespace"
-            message(err, f"nftables tracing on in {names}")
+            spaces = ", ".join(n.name or n.path for n in nf.namespaces) or "no namespace"
+            message(err, f"nftables tracing on in {spaces}")
         announce(tracer, err)
         run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count,
-            annotate=nf.annotate if nf else None)
+            annotate=nf.annotate if nf else None, names=names,
+            on_hop=_fan_out(sinks))
+    if writer is not None:
+        message(err, f"{writer.packets} packets written to {args.write}")
+    if path is not None:
+        out.write("\n" + (draw(path.stops) or "no packet traced: no path to draw\n"))
     return 0
+
+
+def _fan_out(sinks: list[Callable[[Hop], None]]) -> Callable[[Hop], None] | None:
+    """One function calling every sink with a hop (None for no sink)."""
+    if not sinks:
+        return None
+
+    def call(hop: Hop) -> None:
+        for sink in sinks:
+            sink(hop)
+
+    return call
+
+
+def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath ping``."""
+    from agent.ping_command import cmd_ping as run_ping
+
+    return run_ping(args, out, err)
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -224,7 +306,7 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pktpath`` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent}
+    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent, "ping": cmd_ping}
     try:
         return commands[args.command](args, sys.stdout, sys.stderr)
     except UsageError as exc:

@@ -1,7 +1,7 @@
 """How hops are written: one text line, or one JSON object, per hop.
 
-Text: ``[     netns]        ifname what src -> dst``. JSON keys are documented in README.md;
-a key is absent when it does not apply.
+Text: ``[netns name]        ifname what src -> dst`` (the inode where nothing names it). JSON
+keys are documented in README.md; a key is absent when it does not apply.
 """
 
 from __future__ import annotations
@@ -76,14 +76,15 @@ class Rewrites:
         return "+".join(kinds)
 
 
-def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None) -> str:
+def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None,
+              netns_name: str | None = None) -> str:
     """The hop as one line of text; a free ends with DROPPED (why) or delivered.
 
     With latency, the time since the packet's first hop follows the addresses (+0.021ms); a
     rewrite (``DNAT``) is marked after them, and an encapsulated packet shows its tunnel.
     """
     e = hop.event
-    line = f"[{e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    line = f"[{netns_name or e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
     tunnel = hop.packet.tunnel
     if tunnel is not None:
         line += f" (in {tunnel.type} vni {tunnel.vni} {tunnel.src} -> {tunnel.dst})"
@@ -101,13 +102,15 @@ def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None) -> st
     return line
 
 
-def json_object(hop: Hop, rewrite: str | None = None) -> dict[str, Any]:
+def json_object(hop: Hop, rewrite: str | None = None,
+                netns_name: str | None = None) -> dict[str, Any]:
     """The hop as a JSON-ready dict (keys documented in README.md)."""
     e, p = hop.event, hop.packet
     obj: dict[str, Any] = {
         "time_ns": e.time_ns,
         "hook": hop.hook.tracepoint if hop.hook else f"hook-{e.hook}",
         "netns": e.netns,
+        **({"netns_name": netns_name} if netns_name else {}),
         "ifindex": e.ifindex,
         "ifname": e.ifname,
         "skb": f"0x{e.skb:016x}",

@@ -52,12 +52,19 @@ def announce(tracer: Tracer, err: TextIO) -> None:
     message(err, f"tracing {tracer.filter.describe()} at {hooks} ({kind}); Ctrl-C stops")
 
 
-def formatter(as_json: bool, latency: bool = False) -> Callable[[Hop], str]:
-    """The function that turns a hop into its output line (marking NAT rewrites)."""
+def formatter(as_json: bool, latency: bool = False,
+              names: Callable[[int], str] | None = None) -> Callable[[Hop], str]:
+    """The function that turns a hop into its output line (marking NAT rewrites, naming
+    namespaces)."""
     rewrites = Rewrites()
+
+    def name(hop: Hop) -> str | None:
+        return names(hop.event.netns) if names is not None and hop.event.netns else None
+
     if as_json:
-        return lambda hop: json.dumps(json_object(hop, rewrites(hop)), separators=(",", ":"))
-    return lambda hop: text_line(hop, latency, rewrites(hop))
+        return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop)),
+                                      separators=(",", ":"))
+    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop))
 
 
 @contextmanager
@@ -83,9 +90,14 @@ def run(
     latency: bool = False,
     count: int = 0,
     annotate: Callable[[Hop], Hop] | None = None,
+    names: Callable[[int], str] | None = None,
+    on_hop: Callable[[Hop], None] | None = None,
 ) -> SessionResult:
-    """Write hops to out until stop is set or count hops were written; then the summary."""
-    fmt = formatter(as_json, latency)
+    """Write hops to out until stop is set or count hops were written; then the summary.
+
+    names names namespaces; on_hop sees every hop written (the pcap-ng file, the diagram).
+    """
+    fmt = formatter(as_json, latency, names)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
     while True:
@@ -95,6 +107,8 @@ def run(
             if annotate is not None:
                 hop = annotate(hop)
             out.write(fmt(hop) + "\n")
+            if on_hop is not None:
+                on_hop(hop)
             shown += 1
             if count and shown >= count:
                 stop.set()

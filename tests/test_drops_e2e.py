@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from typing import Any
 
 import pytest
@@ -60,7 +61,7 @@ def test_text_line_of_a_drop(lab: Netlab, trace: Any, iptables: None) -> None:
     net.host.sh("ping", "-c1", "-W1", net.container_addr, check=False)
     lines = run.stop().lines()
     ident = lines[0].split("#")[1].split(".")[0]
-    assert lines[-1] == (f"[{net.container.inode:>12}]             eth0 request #{ident}.001 "
+    assert lines[-1] == (f"[{net.container.name:>12}]             eth0 request #{ident}.001 "
                          f"{net.host_addr} -> {net.container_addr}  DROPPED NETFILTER_DROP "
                          "(netfilter, ip family, input hook)")
 
@@ -147,8 +148,14 @@ def test_a_gateway_that_never_answers_arp(lab: Netlab, trace: Any) -> None:
     net = routed(lab, 51, 52)
     net.c1.ip("route", "add", "10.200.53.0/24", "via", "10.200.51.99")  # nobody has .99
     run = trace("--proto", "icmp", "--host", "10.200.53.9", "--json")
-    net.c1.sh("ping", "-c1", "-W5", "10.200.53.9", check=False)  # ARP gives up after ~3 s
-    drop = last_drop(run.stop().events())
+    started = time.monotonic()
+    ping = net.c1.sh("ping", "-c1", "-W5", "10.200.53.9", check=False)  # ARP gives up after ~3 s
+    took = time.monotonic() - started
+    events = run.stop().events()
+    # once in CI no event came at all: say what ping and pktpath saw if it happens again
+    assert events, (f"ping took {took:.1f}s: {ping.stdout} {ping.stderr}; pktpath: {run.stderr}; "
+                    f"neighbours: {net.c1.sh('ip', 'neigh', check=False).stdout}")
+    drop = last_drop(events)
     assert (drop["netns"], drop["ifname"], drop["drop_reason"]) == (
         net.c1.inode, "eth0", "NEIGH_FAILED")
     assert drop["explain"] == ("neighbour 10.200.51.99 unreachable (FAILED: no ARP answer); ICMP "

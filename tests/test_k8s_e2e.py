@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -298,3 +302,43 @@ def test_filter_expression_narrows_the_trace(cluster: Any, agents: Any, lab: Net
     bad = wait_phase(cluster, ns, "bad-filter", ("Failed",))
     assert bad["status"]["result"] == ("invalid: spec.filter: bad filter expression 'icmp and "
                                        "nonsense': syntax error in filter expression")
+
+
+def test_kubectl_plugin_prints_the_table_with_pod_names(cluster: Any, agents: Any,
+                                                        lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 70)
+    agents("node-a", node.ns.path)
+    plugin_dir = os.path.dirname(shutil.which("kubectl-pktpath") or "")
+    assert plugin_dir, "kubectl-pktpath is not installed (pip install -e .)"
+    env = dict(os.environ, PATH=f"{cluster.bindir}:{plugin_dir}:{os.environ['PATH']}",
+               KUBECONFIG=cluster.admin_kubeconfig)
+    done = subprocess.run(["kubectl", "pktpath", "web-0", "db-1", "-n", ns, "-c", "3",
+                           "--interval", "200ms", "--timeout", "20s"],
+                          capture_output=True, text=True, env=env, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].split()[-7:] == ["Loss%", "Snt", "Last", "Avg", "Best", "Wrst", "StDev"]
+    vw, vd = node.veths["web-0"], node.veths["db-1"]
+    assert [line.split()[:5] for line in lines[2:10]] == [
+        ["1.|--", f"node-a/{ns}/web-0", "eth0", "request", "0.0%"],
+        ["2.|--", "node-a/host", vw, "request", "0.0%"],
+        ["3.|--", "node-a/host", vd, "request", "0.0%"],
+        ["4.|--", f"node-a/{ns}/db-1", "eth0", "request", "0.0%"],
+        ["5.|--", f"node-a/{ns}/db-1", "eth0", "reply", "0.0%"],
+        ["6.|--", "node-a/host", vd, "reply", "0.0%"],
+        ["7.|--", "node-a/host", vw, "reply", "0.0%"],
+        ["8.|--", f"node-a/{ns}/web-0", "eth0", "reply", "0.0%"]]
+    assert all(line.split()[5] == "3" for line in lines[2:10])
+    assert lines[-1] == "Succeeded: delivered (3/3 probes answered)"
+    arrows = [re.sub(r"<-+", "<---", re.sub(r"-+>", "--->", line)).split() for line in lines]
+    assert ["|", "eth0", "--->", vw, "--->", vd, "--->", "eth0", "|"] in arrows, done.stdout
+    assert ["|", "eth0", "<---", vw, "<---", vd, "<---", "eth0", "|"] in arrows, done.stdout
+    name = done.stderr.split("packettrace ")[1].split(" created")[0].split("/")[1]
+    assert cluster.get("packettrace", name, "-n", ns)["status"]["phase"] == "Succeeded"
+
+    done = subprocess.run(["kubectl", "pktpath", "web-0", "db-1", "-n", ns, "-c", "1",
+                           "--interval", "200ms", "--timeout", "20s", "--rm"],
+                          capture_output=True, text=True, env=env, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    gone = cluster.kubectl("get", "packettraces", "-n", ns, "-o", "name").stdout.split()
+    assert gone == [f"packettrace.pktpath.dev/{name}"], "--rm deleted the second trace"

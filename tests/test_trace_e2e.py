@@ -88,7 +88,7 @@ def test_text_output_is_the_articles(lab: Netlab, trace: Any) -> None:
 
     ident = re.search(r"#(\d+)\.001", lines[0])
     assert ident, lines
-    h, c, i = net.host.inode, net.container.inode, ident.group(1)
+    h, c, i = net.host.name, net.container.name, ident.group(1)
     req = f"request #{i}.{{seq}} {net.host_addr} -> {net.container_addr}"
     rep = f"  reply #{i}.{{seq}} {net.container_addr} -> {net.host_addr}"
     expected = []
@@ -190,7 +190,7 @@ def test_udp_text_line(lab: Netlab, trace: Any) -> None:
     run = trace("--proto", "udp", "--host", net.container_addr, "-c", "1")
     send_udp(net, b"hello", 40001, 53)
     lines = run.wait().lines()
-    assert lines == [f"[{net.host.inode:>12}]          docker0 "
+    assert lines == [f"[{net.host.name:>12}]          docker0 "
                      f"udp {net.host_addr}:40001 -> {net.container_addr}:53 len 5"]
     assert run.returncode == 0
 
@@ -212,7 +212,7 @@ def test_arp_text_lines(lab: Netlab, trace: Any) -> None:
     run = trace("--proto", "arp", "--netns", net.container.name)
     net.host.sh("ping", "-c1", "-W2", net.container_addr)
     lines = run.stop().lines()
-    c = net.container.inode
+    c = net.container.name
     assert lines[0] == (f"[{c:>12}]             eth0 arp who-has {net.container_addr} "
                         f"tell {net.host_addr}")
     assert re.fullmatch(rf"\[{c:>12}\]             eth0 arp reply {net.container_addr} is-at "

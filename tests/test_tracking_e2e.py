@@ -73,7 +73,7 @@ def test_text_marks_the_rewrite_and_the_tunnel(lab: Netlab, trace: Any) -> None:
     run = trace("--host", db, "--proto", "icmp", "--no-drops")
     a.pods["web"].sh("ping", "-c1", "-W2", db)
     lines = [line for line in run.stop().lines() if "request" in line]
-    assert lines[4] == (f"[{a.ns.inode:>12}]             eth0 request "
+    assert lines[4] == (f"[{a.ns.name:>12}]             eth0 request "
                         f"#{lines[0].split('#')[1].split()[0]} 10.200.78.10 -> {db} "
                         "(in vxlan vni 1 10.200.250.1 -> 10.200.250.2)")
 
