@@ -1,6 +1,6 @@
 # pktpath developer targets. `sudo make deps test` on a fresh Debian machine runs everything.
 PYTHON ?= python3
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping \
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping tmux tshark \
 	iptables nftables util-linux libcap2-bin openssl
 
 .PHONY: deps bpf test lint bench

@@ -144,6 +144,8 @@ def interfaces(path: str) -> dict[int, str]:
 
 def socket_in(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket created inside the namespace at path (it stays there whoever uses it)."""
+    if inode_of(path) == inode_of("/proc/self/ns/net"):
+        return socket.socket(family, kind, proto)  # already there: no need to enter
     return run_in(path, lambda: socket.socket(family, kind, proto))
 
 

@@ -16,7 +16,7 @@ from agent.mtr import Table, report_csv, report_json, report_text
 from agent.names import NetnsNames
 from agent.ping import PING_HOOKS, PingSession, ping_filter, resolve_target
 from agent.places import resolve_from
-from agent.privileges import require_btf, require_tracing
+from agent.privileges import require_btf, require_probing, require_tracing
 from agent.session import announce, message, stop_on_signals
 from agent.tracer import Tracer
 
@@ -52,6 +52,8 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     live = not (args.report or args.json or args.csv) and out.isatty()
     count = args.count or (0 if live else REPORT_COUNT)
     require_tracing()
+    require_probing(icmp=protocol == "icmp",
+                    enter_namespace=source.inode != netns.inode_of("/proc/self/ns/net"))
     require_btf()
     names = NetnsNames()
     src_label = source.name or names(source.inode)

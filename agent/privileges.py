@@ -7,6 +7,7 @@ import os
 from agent.errors import PktpathError
 
 CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -40,6 +41,18 @@ def require_network_admin(what: str = "pktpath demo", caps: int | None = None) -
     if not _has(caps, CAP_NET_ADMIN, CAP_SYS_ADMIN):
         raise PktpathError(f"{what} needs CAP_NET_ADMIN and CAP_SYS_ADMIN (or root): run it "
                            "with sudo")
+
+
+def require_probing(icmp: bool, enter_namespace: bool, caps: int | None = None) -> None:
+    """Raise unless this process can send probes: ICMP needs raw sockets, and sending from
+    another network namespace needs to enter it."""
+    caps = effective_capabilities() if caps is None else caps
+    if icmp and not _has(caps, CAP_NET_RAW):
+        raise PktpathError("pktpath ping needs CAP_NET_RAW to send ICMP probes (or use --udp "
+                           "or --tcp): run it with sudo")
+    if enter_namespace and not _has(caps, CAP_SYS_ADMIN):
+        raise PktpathError("pktpath ping --from needs CAP_SYS_ADMIN to enter the network "
+                           "namespace: run it with sudo")
 
 
 def require_btf(path: str = BTF_VMLINUX) -> None:

@@ -24,6 +24,9 @@ HOOK_TYPES = ("tp_btf", "raw_tp")
 DEFAULT_RING_BYTES = 4 << 20
 
 
+REFUSE_ENV = "PKTPATH_REFUSE_HOOKS"
+
+
 def object_path() -> str:
     """Path of the BPF object: the one shipped inside the package, or $PKTPATH_BPF_OBJECT."""
     return os.environ.get("PKTPATH_BPF_OBJECT") or str(
@@ -86,6 +89,9 @@ class Probes:
         self._links: list[int] = []
         self._rings: list[tuple[int, object]] = []
         self._netns: set[int] = set()
+        # hooks to treat as refused by the kernel: how a test (or a user) sees what pktpath
+        # does on a kernel without them
+        self._refused = set(filter(None, os.environ.get(REFUSE_ENV, "").split(",")))
         self.report = LoadReport()
 
     def __enter__(self) -> Probes:
@@ -182,6 +188,9 @@ class Probes:
             status = HookStatus(hook)
             self.report.hooks.append(status)
             prog = by_name.get(f"{hook_type}_{hook.tracepoint}")
+            if hook.tracepoint in self._refused:
+                status.error = f"{hook_type}/{hook.tracepoint}: refused ({REFUSE_ENV})"
+                continue
             if prog is None:
                 status.error = f"no {hook_type} program for {hook.tracepoint} in the object"
                 continue

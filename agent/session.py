@@ -16,9 +16,19 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from agent.output import Rewrites, json_object, text_line
-from agent.tracer import Hop, Tracer
+from agent.tracer import MAX_BATCH, Hop, Tracer
 
 LOSS_CHECK_SECONDS = 1.0
+DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
+WITHOUT = {  # what is missing from the output when a hook cannot attach
+    "net_dev_queue": "transmits are not shown; ",
+    "netif_receive_skb": "receives are not shown; ",
+    "kfree_skb": "drops are not shown; ",
+    "icmp_send": "ICMP errors the kernel sends are not named; ",
+    "consume_skb": "a tracked packet's identity may be reused sooner; ",
+    "fib_table_lookup": "IPv4 routes are not shown; ",
+    "fib6_table_lookup": "IPv6 routes are not shown; ",
+}
 
 
 @dataclass
@@ -42,8 +52,9 @@ def announce(tracer: Tracer, err: TextIO) -> None:
         message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
     for status in report.hooks:
         if status.error:
+            missing = WITHOUT.get(status.hook.tracepoint, "")
             message(err, f"hook {status.hook.tracepoint} not attached ({status.error}); "
-                         "the other hooks keep working")
+                         f"{missing}the other hooks keep working")
     if tracer.filter.empty:
         message(err, "no filter: tracing every packet on every interface is heavy; narrow it "
                      "with --host, --proto, --port, --netns or -i")
@@ -80,6 +91,17 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def gap(out: TextIO, err: TextIO, as_json: bool, lost: int, total: int) -> None:
+    """Say that events were lost here: live on stderr, and in the JSON stream where it
+    happened (``{"gap": {"lost": N, "lost_total": M}}``)."""
+    message(err, f"{lost} events lost: the ring buffer was full (narrow the filter or enlarge "
+                 "--buffer-size)")
+    if as_json:
+        out.write(json.dumps({"gap": {"lost": lost, "lost_total": total,
+                                      "time_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC)}},
+                             separators=(",", ":")) + "\n")
+
+
 def run(
     tracer: Tracer,
     stop: threading.Event,
@@ -100,8 +122,11 @@ def run(
     fmt = formatter(as_json, latency, names)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
+    stop_by = 0.0
     while True:
         stopping = stop.is_set()
+        if stopping and not stop_by:
+            stop_by = time.monotonic() + DRAIN_SECONDS
         hops = tracer.drain() if stopping else tracer.poll(100)
         for hop in hops:
             if annotate is not None:
@@ -113,16 +138,20 @@ def run(
             if count and shown >= count:
                 stop.set()
                 break
-        out.flush()
-        if stopping or (count and shown >= count):
+        if count and shown >= count:
             break
-        if time.monotonic() >= next_check:
+        if stopping and (len(hops) < MAX_BATCH or time.monotonic() >= stop_by):
+            break  # drained (or a flood goes on: stop anyway, within a second)
+        if time.monotonic() >= next_check or stopping:
             next_check = time.monotonic() + LOSS_CHECK_SECONDS
             lost = tracer.lost()
             if lost > reported_lost:
-                message(err, f"{lost - reported_lost} events lost: the ring buffer was full "
-                             "(narrow the filter or enlarge --buffer-size)")
+                gap(out, err, as_json, lost - reported_lost, lost)
                 reported_lost = lost
+        out.flush()
+    out.flush()
     lost = tracer.lost()
+    if as_json and lost > reported_lost:
+        gap(out, err, as_json, lost - reported_lost, lost)
     message(err, f"{shown} events shown, {lost} lost")
     return SessionResult(shown, lost)

@@ -14,10 +14,12 @@ from agent.errors import PktpathError
 from agent.event import DEFAULT_HOOKS, Counter, Hook, RawEvent, decode_event
 from agent.fate import Fate, FateJudge, Route
 from agent.filters import TraceFilter
-from agent.kernel import drop_reasons
+from agent.kernel import Symbols, drop_reasons
 from agent.latency import SinceFirst
 from agent.packet import Packet, decode, from_flow
 from agent.probes import DEFAULT_RING_BYTES, LoadReport, Probes
+
+MAX_BATCH = 8192  # records taken from the ring buffer per poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +81,10 @@ class Tracer:
         hooks: Iterable[Hook] = DEFAULT_HOOKS,
         hook_type: str = "auto",
         ring_bytes: int = DEFAULT_RING_BYTES,
+        symbols: Symbols | None = None,
     ) -> None:
         self.filter = trace_filter
+        self._symbols = symbols  # kernel symbols shared between tracers (read lazily if None)
         cbpf = trace_filter.expression.table() if trace_filter.expression else b""
         self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
                               ring_bytes=ring_bytes, cbpf=cbpf)
@@ -93,7 +97,7 @@ class Tracer:
         try:
             self._probes.open()
             self._rb = self._probes.ring_buffer(self._on_record)
-            self._judge = FateJudge(drop_reasons(self._probes.libbpf))
+            self._judge = FateJudge(drop_reasons(self._probes.libbpf), self._symbols)
         except BaseException:
             self._probes.close()
             raise
@@ -109,17 +113,20 @@ class Tracer:
 
     def _on_record(self, data: int, size: int) -> int:
         self._pending.append(ctypes.string_at(data, size))
-        return 0
+        # a flood refills the ring as fast as it is read: stop at a batch, so memory stays
+        # bounded and the caller gets control back (libbpf keeps the record, returns this)
+        return -errno.E2BIG if len(self._pending) >= MAX_BATCH else 0
 
     def poll(self, timeout_ms: int = 100) -> list[Hop]:
-        """The hops that arrive within timeout_ms (an empty list on a signal or time-out)."""
+        """The hops that arrive within timeout_ms (an empty list on a signal or time-out);
+        at most MAX_BATCH at a time."""
         ret = self._probes.poll(self._rb, timeout_ms)
-        if ret < 0 and ret != -errno.EINTR:
+        if ret < 0 and ret not in (-errno.EINTR, -errno.E2BIG):
             raise PktpathError(f"reading the ring buffer failed: {errno.errorcode.get(-ret)}")
         return self._take_pending()
 
     def drain(self) -> list[Hop]:
-        """Whatever is left in the ring buffer, without waiting."""
+        """What is in the ring buffer (at most MAX_BATCH records), without waiting."""
         self._probes.consume(self._rb)
         return self._take_pending()
 

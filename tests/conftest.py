@@ -63,11 +63,13 @@ class TraceRun:
     readers: list[threading.Thread] = field(default_factory=list)
     stdout: str = ""
     returncode: int | None = None
+    env: dict[str, str] | None = None  # added to the environment
 
     def start(self, timeout: float = 20) -> TraceRun:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "trace", *self.args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(self.env or {})})
         assert self.proc.stderr is not None
         ready = threading.Event()
 
@@ -125,8 +127,8 @@ def trace(e2e: None) -> Iterator[Any]:
     """Start `pktpath trace ARGS...`; every run is stopped at the end of the test."""
     runs: list[TraceRun] = []
 
-    def start(*args: str) -> TraceRun:
-        run = TraceRun(list(args))
+    def start(*args: str, env: dict[str, str] | None = None) -> TraceRun:
+        run = TraceRun(list(args), env=env)
         runs.append(run)
         return run.start()
 

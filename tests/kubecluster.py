@@ -47,6 +47,7 @@ class ApiServer:
     workdir: str
     port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    commands: dict[str, tuple[list[str], str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -80,8 +81,19 @@ class ApiServer:
         return self
 
     def _spawn(self, name: str, cmd: list[str], cwd: str) -> None:
-        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")  # noqa: SIM115
+        log = open(os.path.join(self.workdir, f"{name}.log"), "ab")  # noqa: SIM115
         self.procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=log))
+        self.commands[name] = (cmd, cwd)
+
+    def pause_apiserver(self, seconds: float) -> None:
+        """Stop kube-apiserver (kine keeps the data), wait, start it again on the same port."""
+        server = self.procs.pop()  # kube-apiserver is spawned last
+        server.kill()  # an outage: no graceful shutdown
+        server.wait(30)
+        time.sleep(seconds)
+        cmd, cwd = self.commands["kube-apiserver"]
+        self._spawn("kube-apiserver", cmd, cwd)
+        self._wait_ready(120)
 
     def _wait_ready(self, timeout: float) -> None:
         context = ssl.create_default_context()

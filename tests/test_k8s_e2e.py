@@ -342,3 +342,97 @@ def test_kubectl_plugin_prints_the_table_with_pod_names(cluster: Any, agents: An
     assert done.returncode == 0, done.stderr
     gone = cluster.kubectl("get", "packettraces", "-n", ns, "-o", "name").stdout.split()
     assert gone == [f"packettrace.pktpath.dev/{name}"], "--rm deleted the second trace"
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_fifty_traces_at_once_on_one_agent(cluster: Any, agents: Any, lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 82)
+    agent = agents("node-a", node.ns.path)
+    names = [f"t{i:02d}" for i in range(50)]
+    manifest = {"apiVersion": "v1", "kind": "List", "items": [
+        packet_trace(name, ns, {"pod": "web-0"}, {"pod": "db-1"},
+                     probe={"count": 2, "interval": "200ms"}, timeout="90s") for name in names]}
+    writes_before = agent.metrics().get("pktpath_status_writes_total", 0)
+    peak = 0.0
+    cluster.apply(manifest)
+    deadline = time.monotonic() + 150
+    bodies: dict[str, Any] = {}
+    while time.monotonic() < deadline and len(bodies) < len(names):
+        assert agent.proc is not None
+        peak = max(peak, rss_mib(agent.proc.pid))
+        items = cluster.get("packettraces", "-n", ns)["items"]
+        bodies = {b["metadata"]["name"]: b for b in items
+                  if (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
+        time.sleep(1)
+    assert len(bodies) == 50, f"{len(bodies)}/50 finished"
+    for name, body in bodies.items():
+        status = body["status"]
+        if status["result"] != "delivered (2/2 probes answered)":
+            print(name, json.dumps(status, indent=1))
+        assert (status["phase"], status["hops"], status["result"]) == (
+            "Succeeded", 8, "delivered (2/2 probes answered)"), (name, [
+                (h["probe"], h["netns"], h["interface"], h["direction"]) for p in status["nodes"]
+                for h in p["hops"]], [{k: v for k, v in p.items() if k != "hops"}
+                                      for p in status["nodes"]])
+        assert sum(len(p["hops"]) for p in status["nodes"]) == 16, "2 probes x 8 hops, none lost"
+    writes = agent.metrics()["pktpath_status_writes_total"] - writes_before
+    print(f"\n50 traces: {writes / 50:.1f} status writes per trace, agent peak RSS {peak:.0f} MiB")
+    assert writes / 50 <= 12, f"{writes / 50:.1f} status writes per trace: not batched"
+    assert agent.metrics()["pktpath_programs_attached"] == 0
+
+
+def test_api_server_away_for_20_seconds_mid_trace(cluster: Any, agents: Any,
+                                                  lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 83)
+    agent = agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("outage", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 15, "interval": "1s"}, timeout="120s"))
+    wait_phase(cluster, ns, "outage", ("Running",))
+    cluster.pause_apiserver(20)  # the probes end while it is away
+    body = wait_phase(cluster, ns, "outage", ("Succeeded", "Failed"), timeout=60)
+    status = body["status"]
+    assert (status["phase"], status["result"]) == (
+        "Succeeded", "delivered (15/15 probes answered)"), status
+    assert sum(len(p["hops"]) for p in status["nodes"]) == 15 * 8
+    assert agent.metrics()["pktpath_api_errors_total"] > 0, "the outage was noticed"
+
+
+def test_agent_killed_leaves_nothing_attached(cluster: Any, agents: Any, lab: Netlab) -> None:
+    from test_trace_e2e import loaded_programs, programs_gone
+
+    ns, node = one_node_with_two_pods(cluster, lab, 84)
+    before = {p["id"] for p in loaded_programs()}
+    agent = agents("node-a", node.ns.path)
+    cluster.apply(packet_trace("killed", ns, {"pod": "web-0"}, {"pod": "db-1"},
+                               probe={"count": 50, "interval": "1s"}, timeout="60s"))
+    wait_phase(cluster, ns, "killed", ("Running",))
+    ours = {p["id"] for p in loaded_programs() if p["id"] not in before}
+    assert len(ours) == 5, "the trace's programs are attached"
+    agent.stop(kill=True)
+    assert programs_gone(ours), "SIGKILL left programs attached"
+
+
+def test_agent_service_account_is_least_privilege(cluster: Any) -> None:
+    def can(*args: str) -> str:
+        done = subprocess.run([f"{cluster.bindir}/kubectl", "--kubeconfig",
+                               cluster.agent_kubeconfig, "auth", "can-i", *args],
+                              capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    assert can("get", "secrets", "-A") == "no"
+    assert can("list", "secrets", "-n", "pktpath-system") == "no"
+    assert can("patch", "packettraces.pktpath.dev", "--subresource=status", "-A") == "yes"
+    assert can("watch", "packettraces.pktpath.dev", "-A") == "yes"
+    for verb in ("create", "update", "patch", "delete"):
+        assert can(verb, "packettraces.pktpath.dev", "-A") == "no", verb
+        assert can(verb, "pods", "-A") == "no", verb
+    assert can("list", "pods", "-A") == "yes"
+    assert can("create", "events", "-A") == "yes"
+    assert can("create", "configmaps", "-A") == "no"

@@ -24,6 +24,7 @@ from agent.k8s.podmap import NodeNamespaces
 from agent.k8s.session import AgentContext, TraceSession, manager, write_merged
 from agent.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
 from agent.k8s.status import STALE_AFTER, Ends, node_part, parse_time
+from agent.kernel import Symbols
 from agent.pcapfilter import compile_expression
 
 log = logging.getLogger("pktpath.agent")
@@ -55,9 +56,10 @@ class Agent:
         self._traces[uid] = body
         with self._lock:
             session = self.sessions.get(uid)
-            if session is not None and session.is_alive():
-                session.observe(body)
-                return
+            if session is not None:
+                if session.is_alive():
+                    session.observe(body)
+                return  # it ran here: this is a late event of a version older than its end
         status = body.get("status") or {}
         if status.get("phase") in FINISHED:
             return
@@ -87,8 +89,8 @@ class Agent:
             log.info("resuming trace %s after a restart", _ref(body))
         session = TraceSession(self.ctx, body, spec, ends, resume=mine)
         with self._lock:
-            if meta["uid"] in self.sessions and self.sessions[meta["uid"]].is_alive():
-                return
+            if meta["uid"] in self.sessions:
+                return  # running, or ran, in this process: never twice
             self.sessions[meta["uid"]] = session
         session.start()
 
@@ -179,7 +181,8 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto") -> int
 
     metrics = Metrics()
     kube = Kube(errors=lambda: metrics.add("api_errors"))
-    ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type)
+    ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type,
+                       Symbols())
     agent = Agent(ctx)
     ready = threading.Event()
     server = serve(listen, metrics, ready)

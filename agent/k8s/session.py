@@ -17,12 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
 from agent.event import Proto
 from agent.filters import TraceFilter
 from agent.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
 from agent.k8s.podmap import NodeNamespaces
 from agent.k8s.spec import TraceSpec
 from agent.k8s.status import Ends, merge, node_part, parse_time
+from agent.kernel import Symbols
 from agent.pcapfilter import compile_expression
 from agent.probing import Prober
 from agent.tracer import Hop, Tracer
@@ -33,6 +37,8 @@ WRITE_EVERY = 0.5  # seconds between status writes while hops come in
 REPLY_WAIT = 1.0  # seconds to wait for the last probe's reply
 GRACE = 1.0  # seconds a non-probing node keeps tracing after the probes are done
 REFRESH_EVERY = 2.0  # seconds between looks for new pods on this node
+SESSION_RING_BYTES = 1 << 20  # a trace's filter is narrow: 1 MiB holds ~2700 events
+FINAL_RETRY_SECONDS = 300.0  # how long the last status write is retried while the API is away
 ECHO_REQUEST = {8, 128}
 ECHO_REPLY = {0, 129}
 
@@ -52,6 +58,7 @@ class AgentContext:
     namespaces: NodeNamespaces
     metrics: Counters
     hook_type: str = "auto"
+    symbols: Symbols | None = None  # /proc/kallsyms, read once for every session
 
 
 def manager(node: str) -> str:
@@ -151,7 +158,8 @@ class TraceSession(threading.Thread):
         status = self._body.get("status") or {}
         deadline = (parse_time(status.get("startTime")) or time.time()) + self.spec.timeout
         self._refresh_namespaces()
-        with Tracer(self._filter(), hook_type=ctx.hook_type) as tracer:
+        with Tracer(self._filter(), hook_type=ctx.hook_type, ring_bytes=SESSION_RING_BYTES,
+                    symbols=ctx.symbols) as tracer:
             tracer.set_netns(ctx.namespaces.inodes())
             hook_type = tracer.report.attached[0].hook_type or ""
             ctx.metrics.add("programs_attached", len(tracer.report.attached))
@@ -186,18 +194,39 @@ class TraceSession(threading.Thread):
                 break
             if now - last_refresh >= REFRESH_EVERY:
                 last_refresh = now
-                if self._refresh_namespaces():
-                    tracer.set_netns(ctx.namespaces.inodes())
+                try:
+                    if self._refresh_namespaces():
+                        tracer.set_netns(ctx.namespaces.inodes())
+                except (ApiException, HTTPError, OSError):
+                    ctx.metrics.add("api_errors")  # the API server is away: keep tracing
             if dirty and now - last_write >= WRITE_EVERY:
-                self._write_part("Running", hook_type=hook_type, tracer=tracer)
-                write_merged(ctx, self.namespace, self.trace_name, self.spec, self.ends)
-                dirty, last_write = False, now
+                last_write = now
+                if self._publish("Running", hook_type, tracer, retry_for=0):
+                    dirty = False  # else the API server is away: try again next time
         if self.stop_flag.is_set():
             return
         for hop in tracer.drain():
             self._record(hop)
-        self._write_part("Done", hook_type=hook_type, tracer=tracer)
-        write_merged(ctx, self.namespace, self.trace_name, self.spec, self.ends)
+        self._publish("Done", hook_type, tracer, retry_for=FINAL_RETRY_SECONDS)
+
+    def _publish(self, phase: str, hook_type: str, tracer: Tracer, retry_for: float) -> bool:
+        """Write this node's part and the merged view; while the API server cannot be reached,
+        retry (with back-off) for up to retry_for seconds. True when written."""
+        give_up = time.monotonic() + retry_for
+        delay = 0.5
+        while True:
+            try:
+                self._write_part(phase, hook_type=hook_type, tracer=tracer)
+                write_merged(self.ctx, self.namespace, self.trace_name, self.spec, self.ends)
+                return True
+            except (ApiException, HTTPError, OSError) as exc:
+                self.ctx.metrics.add("api_errors")
+                log.warning("writing the status of %s/%s failed (%s); %s", self.namespace,
+                            self.trace_name, type(exc).__name__,
+                            "retrying" if time.monotonic() < give_up else "later")
+            if time.monotonic() >= give_up or self.stop_flag.wait(delay):
+                return False
+            delay = min(delay * 2, 5.0)
 
     def _finish_time(self, probing: threading.Thread | None) -> float | None:
         """When to stop, once that is known: after the probes and their replies."""

@@ -1,0 +1,224 @@
+"""End-to-end robustness: refused hooks, malformed packets, a long flood, faults during
+tracing, SIGKILL, least privilege."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from badframes import frames
+from conftest import REPO, need
+from netlab import Netlab, docker_like
+from test_trace_e2e import hop, loaded_programs, programs_gone
+
+from agent.packet import decode
+
+CORPUS = os.path.join(os.path.dirname(__file__), "corpus")
+
+
+@pytest.mark.parametrize("hook, missing, args", [
+    ("kfree_skb", "drops are not shown", []),
+    ("icmp_send", "ICMP errors the kernel sends are not named", []),
+    ("consume_skb", "a tracked packet's identity may be reused sooner", []),
+    ("net_dev_queue", "transmits are not shown", []),
+    ("netif_receive_skb", "receives are not shown", []),
+    ("fib_table_lookup", "IPv4 routes are not shown", ["--routes"]),
+])
+def test_a_refused_hook_is_one_notice_and_the_rest_works(lab: Netlab, trace: Any, hook: str,
+                                                          missing: str, args: list[str]) -> None:
+    net = docker_like(lab, 85)
+    run = trace("--proto", "icmp", "--host", net.container_addr, "--json", *args,
+                env={"PKTPATH_REFUSE_HOOKS": hook})
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    events = run.stop().events()
+    notices = [line for line in run.stderr_lines if "not attached" in line]
+    assert notices == [f"pktpath: hook {hook} not attached (tp_btf/{hook}: refused "
+                       f"(PKTPATH_REFUSE_HOOKS)); {missing}; the other hooks keep working"]
+    assert run.returncode == 0
+    hooks = {e["hook"] for e in events}
+    assert hook not in hooks
+    h, c = net.host.inode, net.container.inode
+    if hook != "netif_receive_skb":
+        assert (c, "eth0", "request") in [hop(e) for e in events], "receives still shown"
+    if hook != "net_dev_queue":
+        assert [hop(e) for e in events if e["hook"] == "net_dev_queue"][:2] == [
+            (h, "docker0", "request"), (h, net.veth, "request")]
+
+
+def test_malformed_frames_are_traced_and_decoded_as_far_as_they_go(lab: Netlab,
+                                                                   trace: Any) -> None:
+    a, b = lab.ns("bad-a"), lab.ns("bad-b")
+    lab.veth(a, "eth0", b, "eth0")
+    run = trace("ether[6:4] = 0x02000000", "--json", "--no-track")
+    sent = frames()
+    script = ("import socket, sys, json; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
+              "s.bind(('eth0', 0)); "
+              "[s.send(bytes.fromhex(f)) for f in json.load(sys.stdin)]")
+    subprocess.run(["ip", "netns", "exec", a.name, sys.executable, "-c", script],
+                   input=json.dumps([f.hex() for f in sent.values()]), text=True, check=True)
+    time.sleep(0.3)
+    events = run.stop().events()
+    assert run.returncode == 0, run.stderr
+    by_mac: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_mac.setdefault(event.get("eth_src", "?"), []).append(event)
+    for n, name in enumerate(sent, 1):
+        seen = by_mac.get(f"02:00:00:00:00:{n:02x}", [])
+        places = [(e["netns"], e["ifname"], e["hook"]) for e in seen]
+        assert (a.inode, "eth0", "net_dev_queue") in places, (name, places)
+        assert (b.inode, "eth0", "netif_receive_skb") in places, (name, places)
+    first = {name: by_mac[f"02:00:00:00:00:{n:02x}"][0] for n, name in enumerate(sent, 1)}
+    assert first["truncated-ipv4"]["truncated"] is True
+    assert first["ihl-below-5"]["truncated"] is True
+    assert (first["bogus-total-length"]["icmp_type"], first["bogus-total-length"]["src"]) == (
+        8, "10.200.99.1")
+    assert (first["twelve-ipv6-extension-headers"]["proto"],
+            first["twelve-ipv6-extension-headers"]["dport"]) == ("udp", 53)
+    assert first["vlan-in-vlan"]["proto"] == "icmp"
+    assert (first["truncated-arp"]["family"], first["truncated-arp"]["truncated"]) == (
+        "arp", True)
+    assert (first["zero-length-udp"]["sport"], first["zero-length-udp"]["dport"]) == (1000, 2000)
+    assert first["header-only-ipv4"]["len"] == 14
+
+
+def test_the_corpus_is_the_bad_frames_and_decodes() -> None:
+    """The committed corpus (tests/corpus) holds every bad frame; each decodes, whole and cut
+    at every length, with and without its Ethernet header."""
+    stored = {name.removesuffix(".bin") for name in os.listdir(CORPUS)}
+    assert set(frames()) <= stored
+    for name in sorted(stored):
+        with open(os.path.join(CORPUS, name + ".bin"), "rb") as f:
+            frame = f.read()
+        for cut in range(len(frame) + 1):
+            decode(frame[:cut], True, 0)
+            if cut >= 14:
+                decode(frame[14:cut], False, int.from_bytes(frame[12:14], "big"))
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_thirty_second_flood_with_everything_traced(lab: Netlab) -> None:
+    a, b = lab.ns("flood-a"), lab.ns("flood-b")
+    lab.veth(a, "eth0", b, "eth0")
+    a.ip("addr", "add", "10.200.31.1/24", "dev", "eth0")
+    b.ip("addr", "add", "10.200.31.2/24", "dev", "eth0")
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", a.name, sys.executable, "-c",
+         "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "end = time.monotonic() + 40\n"
+         "while time.monotonic() < end:\n"
+         "    for _ in range(1000): s.sendto(b'x' * 18, ('10.200.31.2', 9))"])
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "--json"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(5)
+        early = rss_mib(proc.pid)
+        time.sleep(25)
+        late = rss_mib(proc.pid)
+        assert proc.poll() is None, "pktpath survived 30 s of flood"
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - stopped
+    finally:
+        flood.kill()
+        flood.wait()
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\nflood: RSS {early:.0f} MiB at 5 s, {late:.0f} MiB at 30 s; Ctrl-C took {took:.2f} s")
+    assert proc.returncode == 0, err
+    assert took < 1.0, f"Ctrl-C took {took:.2f} s"
+    assert late - early < 30 and late < 250, (early, late)
+    lines = err.splitlines()
+    assert any("events lost: the ring buffer was full" in line for line in lines), err[-500:]
+    assert lines[-1].startswith("pktpath: ") and " events shown, " in lines[-1]
+
+
+def test_sigkill_leaves_nothing_attached(lab: Netlab, trace: Any) -> None:
+    before = {p["id"] for p in loaded_programs()}
+    run = trace("--proto", "icmp", "--host", "10.200.32.9")
+    ours = {p["id"] for p in loaded_programs() if p["id"] not in before}
+    assert len(ours) == 5
+    run.stop(signal.SIGKILL)
+    assert programs_gone(ours), "the kernel still holds a killed pktpath's programs"
+
+
+def test_interface_renamed_and_namespace_deleted_while_tracing(lab: Netlab, trace: Any) -> None:
+    net = docker_like(lab, 86)
+    run = trace("--proto", "icmp", "--host", net.container_addr, "--json", "--no-drops")
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    net.host.ip("link", "set", net.veth, "down")
+    net.host.ip("link", "set", net.veth, "name", "renamed0")
+    net.host.ip("link", "set", "renamed0", "up")
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    subprocess.run(["ip", "netns", "del", net.container.name], check=True)
+    lab.spaces.remove(net.container)
+    net.host.sh("ping", "-c1", "-W1", net.container_addr, check=False)
+    time.sleep(0.2)
+    events = run.stop().events()
+    assert run.returncode == 0, run.stderr
+    names = [e["ifname"] for e in events if e["netns"] == net.host.inode]
+    assert names[:2] == ["docker0", net.veth]
+    assert "renamed0" in names, "the new name is shown after the rename"
+    last = [e for e in events if e.get("icmp_seq") is not None][-1]
+    assert (last["netns"], last["ifname"]) == (net.host.inode, "docker0"), \
+        "after the namespace is gone the ping only reaches the bridge (no port left)"
+
+
+def setpriv(*caps: str) -> tuple[str, ...]:
+    """Run as root but with exactly these capabilities (and no others, even when execing)."""
+    need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+    listed = ",".join(["-all", *(f"+{c}" for c in caps)])
+    return ("setpriv", f"--inh-caps={listed}", f"--ambient-caps={listed}",
+            f"--bounding-set={listed}", "--")
+
+
+def test_trace_runs_with_exactly_cap_bpf_and_cap_perfmon(lab: Netlab) -> None:
+    net = docker_like(lab, 87)
+    proc = subprocess.Popen([*setpriv("bpf", "perfmon"), sys.executable, "-m", "agent", "trace",
+                             "--proto", "icmp", "--host", net.container_addr, "-c", "6",
+                             "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "tracing" in line, line + proc.stderr.read()
+    net.host.sh("ping", "-c1", "-W2", net.container_addr)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    events = [json.loads(x) for x in out.splitlines()]
+    assert [(e["ifname"], e["icmp_type"]) for e in events] == [
+        ("docker0", 8), (net.veth, 8), ("eth0", 8), ("eth0", 0), (net.veth, 0), ("docker0", 0)]
+
+    done = subprocess.run([*setpriv("bpf"), sys.executable, "-m", "agent", "trace"], cwd=REPO,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert (done.returncode, done.stderr) == (1, "pktpath: pktpath needs CAP_BPF and "
+                                              "CAP_PERFMON (or root) to trace: run it with sudo\n")
+
+
+def test_ping_needs_raw_sockets_and_namespace_entry(lab: Netlab) -> None:
+    net = docker_like(lab, 88)
+    args = [sys.executable, "-m", "agent", "ping", "--from", net.host.name, net.container_addr,
+            "-c", "2", "--interval", "0.2", "--timeout", "0.5", "--json"]
+    done = subprocess.run([*setpriv("bpf", "perfmon", "net_raw", "sys_admin"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["report"]["hubs"]) == 6
+    for caps, says in [(("bpf", "perfmon", "sys_admin"), "CAP_NET_RAW"),
+                       (("bpf", "perfmon", "net_raw"), "CAP_SYS_ADMIN")]:
+        done = subprocess.run([*setpriv(*caps), *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=30, check=False)
+        assert done.returncode == 1, done.stderr
+        assert says in done.stderr and done.stderr.count("\n") == 1, done.stderr
