@@ -158,6 +158,9 @@ class RawEvent:
     packet: int = 0  # the same on every hop of one packet (0: not known)
 
 
+_L2, _VLAN, _FLOW = int(EventFlag.L2), int(EventFlag.VLAN), int(EventFlag.FLOW)
+
+
 def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
     if len(record) < DATA_OFFSET:
@@ -167,7 +170,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
     (netns, ifindex, length, cpu, reason, cap_len, protocol, vlan_tci, vlan_proto, hook, flags,
      _pad, nexthop, ifname) = rest
     cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
-    vlan = bool(flags & EventFlag.VLAN)
+    vlan = bool(flags & _VLAN)
     return RawEvent(
         time_ns=time_ns,
         skb=skb,
@@ -180,8 +183,8 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         vlan_tci=vlan_tci if vlan else None,
         vlan_proto=int.from_bytes(vlan_proto.to_bytes(2, "little"), "big") if vlan else None,
         hook=hook,
-        l2=bool(flags & EventFlag.L2),
-        flow=bool(flags & EventFlag.FLOW),
+        l2=bool(flags & _L2),
+        flow=bool(flags & _FLOW),
         ifname=ifname.split(b"\0", 1)[0].decode(errors="replace"),
         data=bytes(record[DATA_OFFSET:DATA_OFFSET + cap_len]),
         location=location,

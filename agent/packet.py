@@ -6,7 +6,7 @@ far as the bytes go and sets ``truncated`` when a header was cut short.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, replace
 
@@ -32,7 +32,15 @@ def tcp_flags_text(flags: int) -> str:
 
 
 def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
+    return b.hex(":")
+
+
+def _ip4(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, b)
+
+
+def _ip6(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, b)
 
 
 VXLAN_PORTS = (4789, 8472)  # IANA's, and Linux's (and flannel's) default
@@ -138,8 +146,8 @@ def _ipv4(data: bytes, offset: int, out: dict[str, object]) -> None:
     proto = hdr[9]
     out["ip_proto"] = proto
     out["proto"] = IPPROTO_NAMES.get(proto, f"ip-proto-{proto}")
-    out["src"] = str(ipaddress.IPv4Address(hdr[12:16]))
-    out["dst"] = str(ipaddress.IPv4Address(hdr[16:20]))
+    out["src"] = _ip4(hdr[12:16])
+    out["dst"] = _ip4(hdr[16:20])
     if hdr[0] >> 4 != 4 or ihl < 20:
         out["truncated"] = True  # not a well-formed header: addresses only
         return
@@ -153,8 +161,8 @@ def _ipv6(data: bytes, offset: int, out: dict[str, object]) -> None:
     out["family"] = "ipv6"
     hdr = _take(data, offset, 40)
     out["ttl"] = hdr[7]
-    out["src"] = str(ipaddress.IPv6Address(hdr[8:24]))
-    out["dst"] = str(ipaddress.IPv6Address(hdr[24:40]))
+    out["src"] = _ip6(hdr[8:24])
+    out["dst"] = _ip6(hdr[24:40])
     nexthdr, offset = hdr[6], offset + 40
     for _ in range(_MAX_IPV6_EXT):
         if nexthdr not in _IPV6_EXT:
@@ -212,8 +220,8 @@ def _arp(data: bytes, offset: int, out: dict[str, object]) -> None:
     body = _take(data, offset + 8, 2 * hln + 2 * pln)
     out["arp_sha"] = _mac(body[0:hln])
     if pln == 4:
-        out["src"] = str(ipaddress.IPv4Address(body[hln:hln + 4]))
-        out["dst"] = str(ipaddress.IPv4Address(body[2 * hln + 4:2 * hln + 8]))
+        out["src"] = _ip4(body[hln:hln + 4])
+        out["dst"] = _ip4(body[2 * hln + 4:2 * hln + 8])
 
 
 def from_flow(data: bytes) -> Packet:
@@ -223,9 +231,9 @@ def from_flow(data: bytes) -> Packet:
     proto, family = data[36], data[37]
     ports = struct.unpack(">HH", data[32:36]) if proto in (6, 17) else (None, None)
     if family == 6:
-        src, dst = str(ipaddress.IPv6Address(data[0:16])), str(ipaddress.IPv6Address(data[16:32]))
+        src, dst = _ip6(data[0:16]), _ip6(data[16:32])
     else:
-        src, dst = str(ipaddress.IPv4Address(data[0:4])), str(ipaddress.IPv4Address(data[16:20]))
+        src, dst = _ip4(data[0:4]), _ip4(data[16:20])
     return Packet(ethertype=ETH_P_IPV6 if family == 6 else ETH_P_IP,
                   family="ipv6" if family == 6 else "ipv4", src=src, dst=dst,
                   ip_proto=proto, proto=IPPROTO_NAMES.get(proto, f"ip-proto-{proto}"),

@@ -4,7 +4,10 @@
  * then print how many were sent per second. The benchmark's traffic source; built by
  * bench/overhead.py with the system C compiler.
  *
- * usage: udpflood DST_IPV4 PORT SECONDS [PAYLOAD_BYTES]
+ * usage: udpflood DST_IPV4 PORT SECONDS [PAYLOAD_BYTES [FLOWS]]
+ *
+ * With FLOWS, the datagrams come from FLOWS sockets bound to source ports 20000, 20001, ...
+ * in turn, a batch each: a filter on one of those ports matches one flow in FLOWS.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,10 +37,10 @@ int main(int argc, char **argv)
 	unsigned long long sent = 0;
 	double start, end, seconds;
 	size_t size;
-	int fd;
+	int fds[1024], flows, fd;
 
 	if (argc < 4) {
-		fprintf(stderr, "usage: udpflood DST_IPV4 PORT SECONDS [PAYLOAD_BYTES]\n");
+		fprintf(stderr, "usage: udpflood DST_IPV4 PORT SECONDS [PAYLOAD_BYTES [FLOWS]]\n");
 		return 2;
 	}
 	if (inet_pton(AF_INET, argv[1], &dst.sin_addr) != 1) {
@@ -49,10 +52,20 @@ int main(int argc, char **argv)
 	size = argc > 4 ? (size_t)atoi(argv[4]) : 18;
 	if (size > sizeof(payload))
 		size = sizeof(payload);
-	fd = socket(AF_INET, SOCK_DGRAM, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
-		perror("udpflood: socket");
-		return 1;
+	flows = argc > 5 ? atoi(argv[5]) : 1;
+	if (flows < 1 || flows > 1024)
+		flows = 1;
+	for (int i = 0; i < flows; i++) {
+		struct sockaddr_in src = { .sin_family = AF_INET,
+					   .sin_port = htons(flows > 1 ? 20000 + i : 0) };
+
+		fd = socket(AF_INET, SOCK_DGRAM, 0);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0 ||
+		    connect(fd, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
+			perror("udpflood: socket");
+			return 1;
+		}
+		fds[i] = fd;
 	}
 	iov.iov_base = payload;
 	iov.iov_len = size;
@@ -63,8 +76,8 @@ int main(int argc, char **argv)
 	}
 	start = now();
 	end = start + seconds;
-	while (now() < end) {
-		int n = sendmmsg(fd, msgs, BATCH, 0);
+	for (unsigned long i = 0; now() < end; i++) {
+		int n = sendmmsg(fds[i % flows], msgs, BATCH, 0);
 
 		if (n > 0)
 			sent += n;

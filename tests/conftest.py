@@ -33,6 +33,15 @@ def need(condition: bool, what: str) -> None:
         pytest.skip(what)
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 @pytest.fixture
 def e2e() -> None:
     """Requirements of a test with real BPF programs and namespaces."""

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import rss_mib
 from netlab import Netlab, k8s_node, k8s_pod, vxlan_join
 
 _namespaces = itertools.count(1)
@@ -342,14 +343,6 @@ def test_kubectl_plugin_prints_the_table_with_pod_names(cluster: Any, agents: An
     assert done.returncode == 0, done.stderr
     gone = cluster.kubectl("get", "packettraces", "-n", ns, "-o", "name").stdout.split()
     assert gone == [f"packettrace.pktpath.dev/{name}"], "--rm deleted the second trace"
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_fifty_traces_at_once_on_one_agent(cluster: Any, agents: Any, lab: Netlab) -> None:

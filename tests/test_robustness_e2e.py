@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from badframes import frames
-from conftest import REPO, need
+from conftest import REPO, need, rss_mib
 from netlab import Netlab, docker_like
 from test_trace_e2e import hop, loaded_programs, programs_gone
 
@@ -100,14 +100,6 @@ def test_the_corpus_is_the_bad_frames_and_decodes() -> None:
             decode(frame[:cut], True, 0)
             if cut >= 14:
                 decode(frame[14:cut], False, int.from_bytes(frame[12:14], "big"))
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_thirty_second_flood_with_everything_traced(lab: Netlab) -> None:
@@ -222,3 +214,32 @@ def test_ping_needs_raw_sockets_and_namespace_entry(lab: Netlab) -> None:
                               text=True, timeout=30, check=False)
         assert done.returncode == 1, done.stderr
         assert says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_json_marks_each_gap_and_the_gaps_add_up_to_the_kernels_count(lab: Netlab,
+                                                                       trace: Any) -> None:
+    a, b = lab.ns("gap-a"), lab.ns("gap-b")
+    lab.veth(a, "eth0", b, "eth0")
+    a.ip("addr", "add", "10.200.33.1/24", "dev", "eth0")
+    b.ip("addr", "add", "10.200.33.2/24", "dev", "eth0")
+    a.sh("ping", "-c1", "-W2", "10.200.33.2")
+    datagrams = 20000
+    run = trace("--proto", "udp", "--port", "7000", "--buffer-size", "4096", "--no-drops",
+                "--json")
+    for _ in range(2):  # two bursts a second apart: each leaves its gap where it happened
+        a.sh(sys.executable, "-c",
+             "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+             f"[s.sendto(b'x', ('10.200.33.2', 7000)) for _ in range({datagrams // 2})]")
+        time.sleep(1.2)
+    run.stop()
+    objects = [json.loads(line) for line in run.stdout.splitlines()]
+    gaps = [o["gap"] for o in objects if "gap" in o]
+    shown = [o for o in objects if "gap" not in o]
+    summary = run.stderr_lines[-1].split()
+    assert summary[1:] == [str(len(shown)), "events", "shown,", summary[4], "lost"]
+    lost = int(summary[4])
+    assert len(gaps) >= 2 and sum(g["lost"] for g in gaps) == lost
+    assert gaps[-1]["lost_total"] == lost
+    assert len(shown) + lost == 2 * datagrams, "shown + lost is what the hooks saw"
+    first_gap = objects.index({"gap": gaps[0]})
+    assert 0 < first_gap < len(objects) - 1, "the first gap is marked inside the stream"

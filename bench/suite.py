@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""The benchmark suite: what pktpath costs the traffic it watches, next to its peers.
+
+Traffic between two namespaces over a veth pair (bench/overhead.py's topology):
+  udp  packets/s of 18-byte datagrams from 100 flows (bench/udpflood.c, one CPU)
+  tcp  bytes/s over 100 TCP connections written in turn (64 KiB writes)
+Modes, run interleaved in every round (these machines are noisy: only ratios measured side by
+side mean anything):
+  untraced     nothing attached
+  nomatch      (a) pktpath trace --host 10.200.99.99 (a filter matching nothing)
+  one-in-100   (b) pktpath trace matching 1 flow of the 100, JSON to a file
+  all-to-file  (c) pktpath trace with no filter, JSON to a file
+  bpftrace     bpftrace counting the same tracepoints (net_dev_queue, netif_receive_skb,
+               kfree_skb, consume_skb)
+  perf-trace   perf trace -e 'net:*' -a to a file
+Printed: median rate of each mode and the median of its per-round ratios to untraced; the
+median time from starting pktpath to its "tracing" line; the user-space path in events/s
+(bench/consumer.py).
+
+    sudo python3 bench/suite.py --rounds 5 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import DST, PORT, REPO, Topology, build_flood  # noqa: E402
+
+FLOWS = 100
+TCP_PORT = 5201
+TRACEPOINTS = ("tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
+               "tracepoint:skb:kfree_skb, tracepoint:skb:consume_skb")
+TCP_SENDER = f"""
+import socket, sys, time
+seconds = float(sys.argv[1])
+conns = [socket.create_connection(('{DST}', {TCP_PORT})) for _ in range({FLOWS})]
+print(' '.join(str(c.getsockname()[1]) for c in conns[:1]), flush=True)
+sys.stdin.readline()
+buf = b'x' * 65536
+sent = 0
+start = time.monotonic()
+end = start + seconds
+while time.monotonic() < end:
+    for c in conns:
+        sent += c.send(buf)
+print(sent / (time.monotonic() - start), flush=True)
+"""
+TCP_SINK = f"""
+import selectors, socket
+sel = selectors.DefaultSelector()
+server = socket.create_server(('{DST}', {TCP_PORT}), backlog=1024)
+sel.register(server, selectors.EVENT_READ)
+print('ready', flush=True)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is server:
+            conn, _ = server.accept()
+            sel.register(conn, selectors.EVENT_READ)
+        elif not key.fileobj.recv(1 << 20):
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+"""
+
+
+class Traffic:
+    """One kind of traffic: start() measures one run of seconds, returns its rate."""
+
+    def __init__(self, kind: str, topo: Topology, workdir: str, cpu: int) -> None:
+        self.kind, self.topo, self.cpu = kind, topo, cpu
+        self.flood = build_flood(workdir) if kind == "udp" else ""
+        self.sink: subprocess.Popen[str] | None = None
+        if kind == "tcp":
+            self.sink = subprocess.Popen(["ip", "netns", "exec", topo.b, sys.executable, "-c",
+                                          TCP_SINK], stdout=subprocess.PIPE, text=True)
+            assert self.sink.stdout is not None
+            self.sink.stdout.readline()
+
+    def one_flow_filter(self) -> list[str]:
+        """pktpath arguments matching one flow of the 100."""
+        if self.kind == "udp":
+            return ["--proto", "udp", "--port", "20000"]
+        return ["--proto", "tcp", "--port", str(self.tcp_port)]
+
+    tcp_port = 0
+
+    def run(self, seconds: float, between: Callable[[], None] | None = None) -> float:
+        """Rate of one run: packets/s (udp) or bytes/s (tcp)."""
+        if self.kind == "udp":
+            out = subprocess.run(["ip", "netns", "exec", self.topo.a, "taskset", "-c",
+                                  str(self.cpu), self.flood, DST, str(PORT), str(seconds), "18",
+                                  str(FLOWS)], check=True, capture_output=True, text=True)
+            return float(out.stdout.strip())
+        sender = subprocess.Popen(["ip", "netns", "exec", self.topo.a, "taskset", "-c",
+                                   str(self.cpu), sys.executable, "-c", TCP_SENDER,
+                                   str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        assert sender.stdin is not None and sender.stdout is not None
+        self.tcp_port = int(sender.stdout.readline())
+        if between is not None:
+            between()
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        rate = float(sender.stdout.readline())
+        sender.wait()
+        return rate
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.kill()
+            self.sink.wait()
+
+
+def started(cmd: list[str], marker: str, out: str, cwd: str = REPO,
+            wait: float = 0.0) -> tuple[subprocess.Popen[str], float]:
+    """Start a tracer; wait for marker on its stderr (or wait seconds); (process, seconds)."""
+    begin = time.monotonic()
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=sink, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    if marker:
+        for line in proc.stderr:
+            if marker in line:
+                return proc, time.monotonic() - begin
+        raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read()}")
+    time.sleep(wait)
+    return proc, time.monotonic() - begin
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def tracer(mode: str, traffic: Traffic, workdir: str) -> list[str] | None:
+    """The command of a mode (None for untraced)."""
+    pktpath = [sys.executable, "-m", "agent", "trace"]
+    return {
+        "untraced": None,
+        "nomatch": [*pktpath, "--host", "10.200.99.99"],
+        "one-in-100": [*pktpath, *traffic.one_flow_filter(), "--json"],
+        "all-to-file": [*pktpath, "--json"],
+        "bpftrace": ["bpftrace", "-e", f"{TRACEPOINTS} {{ @[probe] = count(); }}"],
+        "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
+                       os.path.join(workdir, "perf.out")],
+    }[mode]
+
+
+MARKERS = {"bpftrace": "Attaching", "perf-trace": ""}
+
+
+def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
+            startup: list[float]) -> float:
+    out = os.path.join(workdir, f"{mode}.out")
+    cmd = tracer(mode, traffic, workdir)
+    if cmd is None:
+        return traffic.run(seconds)
+    holder: list[subprocess.Popen[str]] = []
+
+    def start() -> None:
+        proc, took = started(cmd, MARKERS.get(mode, "tracing"), out, wait=2.0)
+        holder.append(proc)
+        if mode == "nomatch":
+            startup.append(took)
+
+    try:
+        if traffic.kind == "udp" or mode != "one-in-100":
+            start()
+            return traffic.run(seconds)
+        return traffic.run(seconds, between=start)  # the filter needs the flow's port
+    finally:
+        for proc in holder:
+            stop(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--traffic", default="udp,tcp", help="udp, tcp or both")
+    parser.add_argument("--modes", default="nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
+    parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("the benchmark needs root (namespaces and BPF)")
+    modes = ["untraced", *[m for m in args.modes.split(",") if m]]
+    for tool, mode in (("bpftrace", "bpftrace"), ("perf", "perf-trace")):
+        if mode in modes and shutil.which(tool) is None:
+            print(f"{tool} is not installed: leaving out {mode}", file=sys.stderr)
+            modes.remove(mode)
+    if not os.path.exists("/sys/kernel/tracing/events"):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
+    startup: list[float] = []
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
+        for kind in args.traffic.split(","):
+            traffic = Traffic(kind, topo, workdir, args.cpu)
+            try:
+                traffic.run(1.0)  # warm up
+                rates: dict[str, list[float]] = {m: [] for m in modes}
+                for r in range(args.rounds):
+                    for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                        rates[mode].append(measure(mode, traffic, args.seconds, workdir,
+                                                   startup))
+                        time.sleep(0.3)
+                    print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
+                        f"{m} {rates[m][-1]:,.0f}" for m in modes), file=sys.stderr)
+                results[kind] = rates
+            finally:
+                traffic.close()
+    print(f"{args.rounds} interleaved rounds of {args.seconds:g} s; ratio = median of "
+          "per-round ratios to untraced")
+    for kind, rates in results.items():
+        unit = "packets/s" if kind == "udp" else "MB/s"
+        scale = 1.0 if kind == "udp" else 1e-6
+        print(f"\n{kind:<14}{unit:>14}{'ratio':>8}")
+        base = rates["untraced"]
+        for mode, values in rates.items():
+            ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
+            print(f"{mode:<14}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}")
+    if startup:
+        print(f"\nstart to 'tracing': median {statistics.median(startup) * 1000:.0f} ms "
+              f"({len(startup)} starts)")
+    consumer = subprocess.run([sys.executable, os.path.join(REPO, "bench", "consumer.py")],
+                              capture_output=True, text=True, check=False)
+    print("\nuser-space path (bench/consumer.py):\n" + (consumer.stdout or consumer.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
