@@ -3,7 +3,7 @@ PYTHON ?= python3
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping tmux tshark \
 	iptables nftables util-linux libcap2-bin openssl
 
-.PHONY: deps bpf test lint bench
+.PHONY: deps bpf test lint bench bench-deps
 
 deps:  ## install what building and testing need (Debian, as root)
 	apt-get update -qq
@@ -21,5 +21,8 @@ test: lint  ## the whole suite: shipped object, lint, types, unit and end-to-end
 	$(MAKE) -C bpf check
 	$(PYTHON) -m pytest -ra
 
-bench:  ## overhead benchmark (see bench/overhead.py --help)
-	$(PYTHON) bench/overhead.py --modes host-nomatch,port-nomatch,proto-nomatch
+bench:  ## the benchmark suite (see bench/suite.py --help; peers need make bench-deps)
+	$(PYTHON) bench/suite.py --rounds 5 --seconds 2
+
+bench-deps:  ## the peers the suite compares with
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace linux-perf

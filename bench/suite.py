@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import DST, PORT, REPO, Topology, build_flood  # noqa: E402
+from overhead import DST, PORT, REPO, Topology, build_flood
 
 FLOWS = 100
 TCP_PORT = 5201
@@ -119,18 +119,22 @@ class Traffic:
             self.sink.wait()
 
 
-def started(cmd: list[str], marker: str, out: str, cwd: str = REPO,
-            wait: float = 0.0) -> tuple[subprocess.Popen[str], float]:
-    """Start a tracer; wait for marker on its stderr (or wait seconds); (process, seconds)."""
+def started(cmd: list[str], marker: str, out: str, cwd: str = REPO, wait: float = 0.0,
+            marker_on_stdout: bool = False) -> tuple[subprocess.Popen[str], float]:
+    """Start a tracer; wait for marker on its stderr (or stdout), or wait seconds;
+    (process, seconds it took)."""
     begin = time.monotonic()
     with open(out, "w") as sink:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=sink, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
+        proc = subprocess.Popen(cmd, cwd=cwd, text=True,
+                                stdout=subprocess.PIPE if marker_on_stdout else sink,
+                                stderr=sink if marker_on_stdout else subprocess.PIPE)
+    stream = proc.stdout if marker_on_stdout else proc.stderr
+    assert stream is not None
     if marker:
-        for line in proc.stderr:
+        for line in stream:
             if marker in line:
                 return proc, time.monotonic() - begin
-        raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read()}")
+        raise SystemExit(f"{cmd[0]} did not start")
     time.sleep(wait)
     return proc, time.monotonic() - begin
 
@@ -170,7 +174,8 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
     holder: list[subprocess.Popen[str]] = []
 
     def start() -> None:
-        proc, took = started(cmd, MARKERS.get(mode, "tracing"), out, wait=2.0)
+        proc, took = started(cmd, MARKERS.get(mode, "tracing"), out, wait=2.0,
+                             marker_on_stdout=mode == "bpftrace")
         holder.append(proc)
         if mode == "nomatch":
             startup.append(took)
