@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     except config.ConfigException as exc:
         err.write(f"kubectl pktpath: no usable kubeconfig: {exc}\n")
         return 1
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        err.write(f"kubectl pktpath: the trace did not finish in time (phase "
+                  f"{status.get('phase', 'Pending')}): is the pktpath agent DaemonSet running "
+                  "on the pods' nodes?\n")
     table = table_of(status)
     out.write(report_text(table, str(status.get("from", args.source)),
                           str(status.get("to", args.destination)),

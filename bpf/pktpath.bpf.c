@@ -678,9 +678,13 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	}
 	__builtin_memset(e->nexthop, 0, sizeof(e->nexthop));
 	if (hook == PKTPATH_HOOK_KFREE_SKB &&
+	    bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NEIGH_FAILED) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NEIGH_FAILED))
 		neighbour_of(skb, h, e->nexthop, btf);
-	if (hook == PKTPATH_HOOK_KFREE_SKB) {
+	/* the stack only says which netfilter hook dropped: not worth its cost otherwise */
+	if (hook == PKTPATH_HOOK_KFREE_SKB &&
+	    bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP)) {
 		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 		__u64 end = n > 0 ? (__u64)n / 8 : 0;
 
