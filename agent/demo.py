@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from agent import netns
+from agent.diagram import FirstPath, draw
 from agent.errors import PktpathError
 from agent.event import Proto
 from agent.filters import TraceFilter, parse_host
@@ -137,8 +138,13 @@ def _trace_ping(network: DemoNetwork, stop: threading.Event, out: TextIO, err: T
         message(err, f"pinging {CONTAINER_ADDR} from the host namespace, {pings} times")
         thread = threading.Thread(target=pinger, name="demo-ping", daemon=True)
         thread.start()
-        result = run(tracer, stop, out, err, as_json=as_json)
+        short = {network.host.inode: "host", network.container.inode: "container"}
+        names = lambda inode: short.get(inode, str(inode))  # noqa: E731
+        path = FirstPath(names)
+        result = run(tracer, stop, out, err, as_json=as_json, names=names, on_hop=path)
         thread.join()
+    if not as_json and path.stops:
+        out.write("\n" + draw(path.stops))
     answered = sum(rtt is not None for rtt in rtts)
     if not finished.is_set():
         message(err, f"interrupted after {len(rtts)} pings")

@@ -90,6 +90,7 @@ def test_demo_shows_the_article_path_and_removes_everything(e2e: None) -> None:
     one_ping = [("docker0", "request"), (veth, "request"), ("eth0", "request"),
                 ("eth0", "reply"), (veth, "reply"), ("docker0", "reply")]
     assert names == one_ping * 2
+    assert [e["netns_name"] for e in events[:3]] == ["host", "host", "container"]
     assert "2 of 2 pings answered" in proc.stderr
     assert "removed the demo's namespaces" in proc.stderr
     after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
@@ -104,6 +105,13 @@ def test_demo_leftovers_of_a_killed_demo_are_removed(e2e: None) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "removed pktpath-demo-999999999-host, left by a demo that was killed" in proc.stderr
         assert not os.path.exists("/run/netns/pktpath-demo-999999999-host")
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("[        host]          docker0 request #")
+        assert lines[2].startswith("[   container]             eth0 request #")
+        box = [line.split() for line in lines[lines.index("") + 1:]]
+        assert box[0] == ["host", "|", "container"]
+        assert box[2][:3] == ["|", "docker0", "--->"] and box[2][-3:] == ["--->", "eth0", "|"]
+        assert box[3][:3] == ["|", "docker0", "<---"] and box[3][-3:] == ["<---", "eth0", "|"]
     finally:
         lab.cleanup()
 
