@@ -97,7 +97,9 @@ class PingSession:
             self.next_probe += 1
             self._last_sent = now
             self._next_send = now + self.interval
-        wait = max(0, min(timeout_ms, int((self._next_send - time.monotonic()) * 1000)))
+        wait = timeout_ms
+        if not self.paused and not self.sending_done:  # wake up for the next probe
+            wait = max(0, min(timeout_ms, int((self._next_send - time.monotonic()) * 1000)))
         for hop in self.tracer.poll(wait):
             self.add(hop)
 
