@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Part of pktpath.bpf.c (included once, after the maps, macros and struct headers there).
+ *
+ * Following one packet: its skb and data buffer addresses remembered with a fingerprint
+ * of its IP header, so that its later hops (through NAT, tunnels, clones) are known.
+ */
+
+static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
+{
+	return (__u64)READ(btf, skb, head);
+}
+
+/* What identifies one IP packet along its way: IPv4 total length, ID, fragment bits and
+ * protocol; IPv6 version, class, flow label, payload length and next header. NAT does not
+ * change them (TTL and checksums are left out); a new packet at a reused address does. */
+static __always_inline __u64 fingerprint_at(unsigned char *l3, __u16 ethertype, bool btf)
+{
+	struct {
+		__u64 word;
+		__u8 ttl, proto;
+	} ip = {};
+
+	if (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6)
+		return 0;
+	if (PKT_COPY(btf, &ip, l3))
+		return 0;
+	if (ethertype == ETH_P_IP) /* bytes 2..7, and the protocol (byte 9) */
+		return (ip.word & 0xFFFFFFFFFFFF0000ULL) | ip.proto;
+	return ip.word & 0x00FFFFFFFFFFFFFFULL; /* bytes 0..6: without the hop limit */
+}
+
+/* The fingerprint of the packet inside a VXLAN one, or 0. */
+static __always_inline __u64 inner_fingerprint(struct headers *h, bool btf)
+{
+	unsigned char *inner;
+	__u16 ethertype;
+
+	struct ipv4_header ip;
+
+	if (h->ethertype != ETH_P_IP || PKT_COPY(btf, &ip, h->l3))
+		return 0;
+	inner = vxlan_inner(&ip, h->l3, &ethertype, btf);
+	return inner ? fingerprint_at(inner, ethertype, btf) : 0;
+}
+
+static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
+					 __u64 fingerprint)
+{
+	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
+				    .fingerprint = fingerprint };
+	__u64 key = (__u64)skb;
+
+	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
+	bpf_map_update_elem(&tracked, &head, &t, BPF_ANY);
+	if (!tracking_started)
+		tracking_started = 1;
+}
+
+/* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not. An
+ * entry counts only while it is fresh and the packet's IP header (or the one inside its VXLAN
+ * encapsulation) still has the tracked fingerprint. A free ends the tracking of its skb. */
+static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
+				       struct headers *h, bool btf)
+{
+	__u64 key = (__u64)skb, now, packet, fingerprint;
+	struct tracked_packet *t;
+
+	if (!tracking_started)
+		return 0;
+	t = bpf_map_lookup_elem(&tracked, &key);
+	if (!t)
+		t = bpf_map_lookup_elem(&tracked, &head);
+	if (!t)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - t->last_ns > TRACK_NS)
+		return 0;
+	fingerprint = t->fingerprint;
+	if (fingerprint && fingerprint_at(h->l3, h->ethertype, btf) != fingerprint &&
+	    inner_fingerprint(h, btf) != fingerprint)
+		return 0;
+	packet = t->packet;
+	if (hook == PKTPATH_HOOK_KFREE_SKB) {
+		bpf_map_delete_elem(&tracked, &key);
+		bpf_map_delete_elem(&tracked, &head);
+	} else {
+		track_packet(skb, head, packet, fingerprint); /* a clone may join; refresh */
+	}
+	return packet;
+}
