@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -222,3 +223,46 @@ def test_output_file_is_never_written_through_a_symlink(lab: Netlab, tmp_path: A
     assert done.returncode == 2
     assert "is a symbolic link" in done.stderr
     assert target.read_text() == "keep me"
+
+
+def writable_cgroup_root() -> str | None:
+    """A cgroup hierarchy a test may make a container's cgroup in (v1 pids, else v2)."""
+    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.procs")) and os.access(root, os.W_OK):
+            return root
+    return None
+
+
+def test_ping_from_a_container_found_by_its_cgroup(lab: Netlab) -> None:
+    """No runtime answers for this ID: pktpath finds the process by the container ID in its
+    cgroup (as Docker's cgroupfs layout writes it), and names the namespace by it."""
+    root = writable_cgroup_root()
+    need(root is not None, "no writable cgroup hierarchy")
+    assert root is not None
+    net = docker_like(lab, 89)
+    container_id = f"c0ffee{os.getpid():08x}".ljust(64, "0")
+    group = os.path.join(root, "docker", container_id)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", net.container.name, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        while os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino != net.container.inode:
+            assert time.monotonic() < deadline, "sleep never entered the namespace"
+            time.sleep(0.05)
+        os.makedirs(group)
+        with open(os.path.join(group, "cgroup.procs"), "w") as procs:
+            procs.write(str(sleeper.pid))
+        # the namespace lives on in the sleeper only: no `ip netns` name for it any more
+        subprocess.run(["ip", "netns", "del", net.container.name], check=True)
+        lab.spaces.remove(net.container)
+        got = report("--from", container_id[:12], net.host_addr, "-c", "2")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (group, os.path.dirname(group)):
+            with contextlib.suppress(OSError):  # the parent may be a real runtime's
+                os.rmdir(path)
+    short = container_id[:12]
+    assert rows(got) == [(short, "eth0", "request"), (net.host.name, net.veth, "request"),
+                         (net.host.name, "docker0", "request"), (net.host.name, "docker0", "reply"),
+                         (net.host.name, net.veth, "reply"), (short, "eth0", "reply")]
+    assert got["mtr"]["src"] == container_id[:12]
