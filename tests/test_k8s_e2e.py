@@ -143,6 +143,9 @@ def test_pod_to_pod_across_two_nodes_over_vxlan(cluster: Any, agents: Any, lab: 
     assert all(p["phase"] == "Done" for p in status["nodes"])
     parts = {p["node"]: p for p in status["nodes"]}
     assert {h["node"] for h in parts["node-b"]["hops"]} == {"node-b"}, "each agent its own hops"
+    for node in ("node-a", "node-b"):  # two writers, nothing lost or overwritten
+        probes = sorted(h["probe"] for h in parts[node]["hops"])
+        assert probes == [1] * 10 + [2] * 10, (node, probes)
     full = cluster.get("packettrace", "web-to-db", "-n", ns, "--show-managed-fields")
     managers = {m["manager"] for m in full["metadata"]["managedFields"]}
     assert {"pktpath-agent-node-a", "pktpath-agent-node-b", "pktpath-merge"} <= managers
