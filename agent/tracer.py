@@ -82,9 +82,13 @@ class Tracer:
         hook_type: str = "auto",
         ring_bytes: int = DEFAULT_RING_BYTES,
         symbols: Symbols | None = None,
+        reasons: dict[int, str] | None = None,
     ) -> None:
         self.filter = trace_filter
-        self._symbols = symbols  # kernel symbols shared between tracers (read lazily if None)
+        # what the kernel calls its code addresses and drop reasons: shared between tracers
+        # (the agent's), else read by this one
+        self._symbols = symbols
+        self._reasons = reasons
         cbpf = trace_filter.expression.table() if trace_filter.expression else b""
         self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
                               ring_bytes=ring_bytes, cbpf=cbpf)
@@ -94,10 +98,17 @@ class Tracer:
         self._since_first = SinceFirst()
 
     def __enter__(self) -> Tracer:
+        return self.open()
+
+    def open(self) -> Tracer:
+        """Load and attach (what entering the context does); close() undoes it."""
         try:
             self._probes.open()
             self._rb = self._probes.ring_buffer(self._on_record)
-            self._judge = FateJudge(drop_reasons(self._probes.libbpf), self._symbols)
+            reasons = self._reasons
+            if reasons is None:
+                reasons = drop_reasons(self._probes.libbpf)
+            self._judge = FateJudge(reasons, self._symbols)
         except BaseException:
             self._probes.close()
             raise

@@ -24,7 +24,8 @@ from agent.k8s.podmap import NodeNamespaces
 from agent.k8s.session import AgentContext, TraceSession, manager, write_merged
 from agent.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
 from agent.k8s.status import STALE_AFTER, Ends, node_part, parse_time
-from agent.kernel import Symbols
+from agent.kernel import Symbols, drop_reasons
+from agent.libbpf import Libbpf
 from agent.pcapfilter import compile_expression
 
 log = logging.getLogger("pktpath.agent")
@@ -182,7 +183,7 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto") -> int
     metrics = Metrics()
     kube = Kube(errors=lambda: metrics.add("api_errors"))
     ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type,
-                       Symbols())
+                       Symbols(), drop_reasons(Libbpf()))
     agent = Agent(ctx)
     ready = threading.Event()
     server = serve(listen, metrics, ready)

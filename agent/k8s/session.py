@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
@@ -59,6 +59,10 @@ class AgentContext:
     metrics: Counters
     hook_type: str = "auto"
     symbols: Symbols | None = None  # /proc/kallsyms, read once for every session
+    reasons: dict[int, str] | None = None  # the kernel's drop reasons, read once
+    # one BPF object loads at a time: each load parses the kernel's BTF (megabytes), and 50
+    # traces starting together would hold 50 copies at once
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def manager(node: str) -> str:
@@ -158,8 +162,11 @@ class TraceSession(threading.Thread):
         status = self._body.get("status") or {}
         deadline = (parse_time(status.get("startTime")) or time.time()) + self.spec.timeout
         self._refresh_namespaces()
-        with Tracer(self._filter(), hook_type=ctx.hook_type, ring_bytes=SESSION_RING_BYTES,
-                    symbols=ctx.symbols) as tracer:
+        tracer = Tracer(self._filter(), hook_type=ctx.hook_type, ring_bytes=SESSION_RING_BYTES,
+                        symbols=ctx.symbols, reasons=ctx.reasons)
+        with ctx.load_lock:
+            tracer.open()
+        try:
             tracer.set_netns(ctx.namespaces.inodes())
             hook_type = tracer.report.attached[0].hook_type or ""
             ctx.metrics.add("programs_attached", len(tracer.report.attached))
@@ -168,6 +175,8 @@ class TraceSession(threading.Thread):
             finally:
                 ctx.metrics.add("programs_attached", -len(tracer.report.attached))
                 ctx.metrics.add("events_lost", tracer.lost())
+        finally:
+            tracer.close()
 
     def _trace(self, tracer: Tracer, deadline: float, hook_type: str) -> None:
         ctx = self.ctx
