@@ -99,7 +99,3 @@ class PcapngWriter:
         body += _option(_OPT_COMMENT, comment.encode()) + _option(_OPT_END, b"")
         self._out.write(_block(_EPB, body))
         self.packets += 1
-
-    def flush(self) -> None:
-        """Push what was written to the file."""
-        self._out.flush()
