@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from agent.mtr import Table
 from agent.tracer import Hop
 
 ARROW = 6  # " ---> " between two interfaces
@@ -83,6 +84,12 @@ def draw(path: Sequence[Stop]) -> str:
     notes = [f"  [X] {s.ifname} in {s.column}: dropped, {s.drop_reason}"
              for s in path if s.drop_reason]
     return "\n".join([" " + header.rstrip(), border, *body, border, *notes]) + "\n"
+
+
+def diagram_of(table: Table) -> str:
+    """The path diagram of an mtr table's rows (pktpath ping, kubectl pktpath)."""
+    return draw([Stop(row.place.label, row.place.ifname, row.place.direction, row.drop_reason)
+                 for row in table.ordered()])
 
 
 class FirstPath:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn, TextIO
 
-from agent.diagram import Stop, draw
+from agent.diagram import diagram_of
 from agent.mtr import Place, Table, report_text
 
 GROUP, VERSION, PLURAL = "pktpath.dev", "v1alpha1", "packettraces"
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     out.write(report_text(table, str(status.get("from", args.source)),
                           str(status.get("to", args.destination)),
                           str(status.get("startTime", ""))))
-    out.write("\n" + draw([Stop(r.place.label, r.place.ifname, r.place.direction,
-                                r.drop_reason) for r in table.ordered()]))
+    out.write("\n" + diagram_of(table))
     out.write(f"\n{status.get('phase', 'Unknown')}: {status.get('result', '')}\n")
     return 0 if status.get("phase") == "Succeeded" else 1
 

@@ -9,10 +9,10 @@ import threading
 from typing import TextIO
 
 from agent import netns
-from agent.diagram import Stop, draw
+from agent.diagram import diagram_of
 from agent.errors import UsageError
 from agent.filters import parse_port
-from agent.mtr import Table, report_csv, report_json, report_text
+from agent.mtr import report_csv, report_json, report_text
 from agent.names import NetnsNames
 from agent.ping import PING_HOOKS, PingSession, ping_filter, resolve_target
 from agent.places import resolve_from
@@ -21,12 +21,6 @@ from agent.session import announce, message, stop_on_signals
 from agent.tracer import Tracer
 
 REPORT_COUNT = 10  # mtr's default for --report
-
-
-def diagram_of(table: Table) -> str:
-    """The path diagram of a table's rows."""
-    return draw([Stop(row.place.label, row.place.ifname, row.place.direction, row.drop_reason)
-                 for row in table.ordered()])
 
 
 def source_of(spec: str | None) -> netns.Netns:

@@ -47,6 +47,22 @@ class Ns:
         return run("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout,
                    cwd=cwd)
 
+    @contextlib.contextmanager
+    def process(self, *cmd: str) -> Iterator[subprocess.Popen[bytes]]:
+        """A process running cmd inside the namespace (waited for until it is there), killed
+        at the end of the block."""
+        inode = self.inode
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd])
+        try:
+            deadline = time.monotonic() + 5
+            while os.stat(f"/proc/{proc.pid}/ns/net").st_ino != inode:
+                assert time.monotonic() < deadline, f"{cmd[0]} never entered {self.name}"
+                time.sleep(0.05)
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait()
+
 
 @dataclass
 class Netlab:

@@ -73,17 +73,9 @@ def test_report_through_a_router_over_ipv4_and_tcp(lab: Netlab) -> None:
 
 def test_ipv6_udp_probes_from_a_pid(lab: Netlab) -> None:
     net = docker_like(lab, 74)
-    sleeper = subprocess.Popen(["ip", "netns", "exec", net.host.name, "sleep", "60"])
-    try:
-        deadline = time.monotonic() + 5
-        while os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino != net.host.inode:
-            assert time.monotonic() < deadline, "sleep never entered the namespace"
-            time.sleep(0.05)
+    with net.host.process("sleep", "60") as sleeper:
         got = report("--from", f"pid:{sleeper.pid}", "--udp", "--port", "53",
                      net.container_addr6, "-c", "3")
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     h, c = net.host.name, net.container.name
     # the datagram arrives; the port is closed, so the reply is an ICMPv6 error: not a probe's
     assert rows(got)[:3] == [(h, "docker0", "request"), (h, net.veth, "request"),
@@ -242,22 +234,16 @@ def test_ping_from_a_container_found_by_its_cgroup(lab: Netlab) -> None:
     net = docker_like(lab, 89)
     container_id = f"c0ffee{os.getpid():08x}".ljust(64, "0")
     group = os.path.join(root, "docker", container_id)
-    sleeper = subprocess.Popen(["ip", "netns", "exec", net.container.name, "sleep", "60"])
     try:
-        deadline = time.monotonic() + 5
-        while os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino != net.container.inode:
-            assert time.monotonic() < deadline, "sleep never entered the namespace"
-            time.sleep(0.05)
-        os.makedirs(group)
-        with open(os.path.join(group, "cgroup.procs"), "w") as procs:
-            procs.write(str(sleeper.pid))
-        # the namespace lives on in the sleeper only: no `ip netns` name for it any more
-        subprocess.run(["ip", "netns", "del", net.container.name], check=True)
-        lab.spaces.remove(net.container)
-        got = report("--from", container_id[:12], net.host_addr, "-c", "2")
+        with net.container.process("sleep", "60") as sleeper:
+            os.makedirs(group)
+            with open(os.path.join(group, "cgroup.procs"), "w") as procs:
+                procs.write(str(sleeper.pid))
+            # the namespace lives on in the sleeper only: no `ip netns` name for it any more
+            subprocess.run(["ip", "netns", "del", net.container.name], check=True)
+            lab.spaces.remove(net.container)
+            got = report("--from", container_id[:12], net.host_addr, "-c", "2")
     finally:
-        sleeper.kill()
-        sleeper.wait()
         for path in (group, os.path.dirname(group)):
             with contextlib.suppress(OSError):  # the parent may be a real runtime's
                 os.rmdir(path)
