@@ -1,14 +1,23 @@
 # pktpath developer targets. `sudo make deps test` on a fresh Debian machine runs everything.
+# `make deps` installs and builds all the tests need (pytest never builds): Debian packages,
+# the Python package with its test tools, and the programs of deps/go-tools (deps/build.sh,
+# cached in $PKTPATH_CACHE, default /var/cache/pktpath).
 PYTHON ?= python3
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping tmux tshark \
 	iptables nftables util-linux libcap2-bin openssl
 
-.PHONY: deps bpf test lint bench bench-deps
+.PHONY: deps deps-packages deps-tools bpf test lint bench bench-deps
 
-deps:  ## install what building and testing need (Debian, as root)
+deps: deps-packages deps-tools  ## install and build what building and testing need (Debian, as root)
+
+deps-packages:
+	@echo "pktpath deps: Debian packages and the Python package..." >&2
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null
 	$(PYTHON) -m pip install -q --root-user-action=ignore -e '.[test]'
+
+deps-tools:  ## build the programs of deps/go-tools into $PKTPATH_CACHE (minutes the first time)
+	bash deps/build.sh
 
 bpf:  ## rebuild the shipped BPF object from bpf/
 	$(MAKE) -C bpf

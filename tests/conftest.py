@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from netlab import Netlab
 
+import deps
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -151,12 +153,13 @@ def trace(e2e: None) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real kube-apiserver (with kine) with the CRD and the agent's RBAC applied."""
-    from kubecluster import ApiServer, build_binaries
+    from kubecluster import ApiServer
 
     need(os.geteuid() == 0, "it needs root")
-    need(shutil.which("go") is not None, "Go is needed to build kube-apiserver")
     need(shutil.which("openssl") is not None, "openssl is not installed")
-    server = ApiServer(build_binaries(), str(tmp_path_factory.mktemp("apiserver"))).start()
+    absent = deps.missing("kube-apiserver", "kubectl", "kine", "helm")
+    need(absent is None, str(absent))
+    server = ApiServer(str(tmp_path_factory.mktemp("apiserver"))).start()
     try:
         server.kubectl("apply", "-f", os.path.join(REPO, "manifests", "crd.yaml"),
                        "-f", os.path.join(REPO, "manifests", "rbac.yaml"))

@@ -1,6 +1,6 @@
 """A real Kubernetes API server for the tests: kube-apiserver with kine (SQLite) as its store.
 
-Built from the Go module proxy by tests/k8s/build-apiserver.sh (cached outside the repo), started
+Built from the Go module proxy by `make deps` (deps/build.sh, cached outside the repo), started
 on random loopback ports, and stopped at the end. No controller manager and no kubelet run:
 the harness creates ServiceAccounts and Node objects itself and sets pods' status as a kubelet
 would. "Nodes" are network namespaces, "pods" are namespaces behind veths, and each node's
@@ -20,8 +20,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+import deps
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(REPO, "tests", "k8s", "build-apiserver.sh")
 ADMIN_TOKEN = "pktpath-test-admin-token"
 
 
@@ -32,18 +33,10 @@ def free_port() -> int:
         return port
 
 
-def build_binaries() -> str:
-    """The folder with kube-apiserver, kubectl and kine (built on first use)."""
-    out = subprocess.run(["bash", BUILD], check=True, stdout=subprocess.PIPE, text=True,
-                         timeout=3600)
-    return out.stdout.strip().splitlines()[-1]
-
-
 @dataclass
 class ApiServer:
     """kube-apiserver + kine in workdir, on loopback."""
 
-    bindir: str
     workdir: str
     port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -65,10 +58,10 @@ class ApiServer:
                         "-out", f"{w}/sa.key"], check=True, capture_output=True)
         with open(f"{w}/tokens.csv", "w") as tokens:
             tokens.write(f"{ADMIN_TOKEN},admin,admin,system:masters\n")
-        self._spawn("kine", [f"{self.bindir}/kine", f"--listen-address=127.0.0.1:{kine_port}",
+        self._spawn("kine", [deps.path("kine"), f"--listen-address=127.0.0.1:{kine_port}",
                              "--metrics-bind-address=0"], cwd=os.path.join(w, "kine"))
         self._spawn("kube-apiserver", [
-            f"{self.bindir}/kube-apiserver", f"--etcd-servers=http://127.0.0.1:{kine_port}",
+            deps.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{kine_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={self.port}", f"--cert-dir={w}/pki",
             "--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
@@ -131,7 +124,7 @@ class ApiServer:
 
     def kubectl(self, *args: str, kubeconfig: str | None = None, stdin: str | None = None,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([f"{self.bindir}/kubectl", "--kubeconfig",
+        proc = subprocess.run([deps.path("kubectl"), "--kubeconfig",
                                kubeconfig or self.admin_kubeconfig, *args],
                               input=stdin, capture_output=True, text=True, timeout=60)
         if check and proc.returncode != 0:

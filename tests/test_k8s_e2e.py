@@ -18,6 +18,8 @@ import pytest
 from conftest import rss_mib
 from netlab import Netlab, k8s_node, k8s_pod, vxlan_join
 
+import deps
+
 _namespaces = itertools.count(1)
 
 
@@ -314,7 +316,8 @@ def test_kubectl_plugin_prints_the_table_with_pod_names(cluster: Any, agents: An
     agents("node-a", node.ns.path)
     plugin_dir = os.path.dirname(shutil.which("kubectl-pktpath") or "")
     assert plugin_dir, "kubectl-pktpath is not installed (pip install -e .)"
-    env = dict(os.environ, PATH=f"{cluster.bindir}:{plugin_dir}:{os.environ['PATH']}",
+    kubectl_dir = os.path.dirname(deps.path("kubectl"))
+    env = dict(os.environ, PATH=f"{kubectl_dir}:{plugin_dir}:{os.environ['PATH']}",
                KUBECONFIG=cluster.admin_kubeconfig)
     done = subprocess.run(["kubectl", "pktpath", "web-0", "db-1", "-n", ns, "-c", "3",
                            "--interval", "200ms", "--timeout", "20s"],
@@ -417,7 +420,7 @@ def test_agent_killed_leaves_nothing_attached(cluster: Any, agents: Any, lab: Ne
 
 def test_agent_service_account_is_least_privilege(cluster: Any) -> None:
     def can(*args: str) -> str:
-        done = subprocess.run([f"{cluster.bindir}/kubectl", "--kubeconfig",
+        done = subprocess.run([deps.path("kubectl"), "--kubeconfig",
                                cluster.agent_kubeconfig, "auth", "can-i", *args],
                               capture_output=True, text=True, check=False)
         return done.stdout.strip()

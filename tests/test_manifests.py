@@ -10,6 +10,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+import deps
+
 
 def documents(text: str) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text) if d}
@@ -30,8 +32,8 @@ def test_chart_crd_is_the_manifest_crd() -> None:
 
 
 def test_chart_renders_what_the_manifests_hold(cluster: Any) -> None:
-    helm = os.path.join(cluster.bindir, "helm")
-    rendered = subprocess.run([helm, "template", "pktpath", os.path.join(REPO, "charts", "pktpath"),
+    chart = os.path.join(REPO, "charts", "pktpath")
+    rendered = subprocess.run([deps.path("helm"), "template", "pktpath", chart,
                                "--namespace", "pktpath-system"], capture_output=True, text=True,
                               check=True).stdout
     from_chart = documents(rendered)
