@@ -27,11 +27,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from overhead import DST, PORT, Topology, build_flood  # noqa: E402
-
-from agent.event import Counter  # noqa: E402
-from agent.filters import TraceFilter  # noqa: E402
-from agent.probes import Probes  # noqa: E402
-from agent.tracer import hop_from_record  # noqa: E402
+from pktpath.core.event import Counter  # noqa: E402
+from pktpath.core.filters import TraceFilter  # noqa: E402
+from pktpath.core.loader import Probes  # noqa: E402
+from pktpath.core.tracer import hop_from_record  # noqa: E402
 
 
 def build_ext(workdir: str) -> object:

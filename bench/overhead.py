@@ -90,7 +90,7 @@ def flood(topo: Topology, binary: str, seconds: float, cpu: int) -> float:
 
 
 def traced(args: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "pktpath", "trace", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:

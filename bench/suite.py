@@ -150,7 +150,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def tracer(mode: str, traffic: Traffic, workdir: str) -> list[str] | None:
     """The command of a mode (None for untraced)."""
-    pktpath = [sys.executable, "-m", "agent", "trace"]
+    pktpath = [sys.executable, "-m", "pktpath", "trace"]
     return {
         "untraced": None,
         "nomatch": [*pktpath, "--host", "10.200.99.99"],

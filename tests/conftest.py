@@ -78,7 +78,7 @@ class TraceRun:
 
     def start(self, timeout: float = 20) -> TraceRun:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "trace", *self.args],
+            [sys.executable, "-m", "pktpath", "trace", *self.args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(self.env or {})})
         assert self.proc.stderr is not None

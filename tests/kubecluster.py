@@ -194,7 +194,7 @@ class AgentProcess:
         env = dict(os.environ, KUBECONFIG=self.kubeconfig)
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent", "--node", self.node, "--host-netns",
+            [sys.executable, "-m", "pktpath", "agent", "--node", self.node, "--host-netns",
              self.host_netns, "--listen", f"127.0.0.1:{self.port}"],
             cwd=REPO, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout

@@ -11,14 +11,19 @@ import sys
 import pytest
 from conftest import REPO, need
 from netlab import Netlab
-
-from agent.errors import PktpathError
-from agent.privileges import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, require_btf, require_tracing
+from pktpath.core.errors import PktpathError
+from pktpath.host.privileges import (
+    CAP_BPF,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    require_btf,
+    require_tracing,
+)
 
 
 def pktpath(*args: str, prefix: tuple[str, ...] = (),
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "agent", *args], cwd=REPO,
+    return subprocess.run([*prefix, sys.executable, "-m", "pktpath", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -119,7 +124,7 @@ def test_demo_leftovers_of_a_killed_demo_are_removed(e2e: None) -> None:
 def test_demo_interrupted_removes_everything(e2e: None) -> None:
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "-c", "100"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "pktpath", "demo", "-c", "100"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:

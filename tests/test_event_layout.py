@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from conftest import need
-
-from agent import event
-from agent.probes import object_path
+from pktpath.core import event
+from pktpath.core.loader import object_path
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def send_tagged_echo(net: DockerLike) -> None:
     kernel has no VLAN devices; the tag is inside the frame, as libpcap's code checks)."""
     net.host.sh(sys.executable, "-c", f"""
 import socket, struct
-from agent.pinger import checksum
+from pktpath.host.pinger import checksum
 echo = struct.pack('!BBHHH', 8, 0, 0, 7272, 1) + b'tagged'
 echo = echo[:2] + struct.pack('!H', checksum(echo)) + echo[4:]
 ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(echo), 1, 0, 64, 1, 0,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from agent.fate import FateJudge
-from agent.kernel import Symbols
-from agent.packet import Packet
+from pktpath.core.fate import FateJudge
+from pktpath.core.packet import Packet
+from pktpath.core.symbols import Symbols
 
 REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 6: "NETFILTER_DROP", 104: "QUEUE_PURGE",
            9: "IP_INHDR"}
@@ -88,6 +87,6 @@ def test_an_icmp_error_is_tied_to_the_free_of_its_packet() -> None:
     (42, 7, 0, "ICMP type 42 code 7"),
 ])
 def test_icmp_errors_in_words(kind: int, code: int, mtu: int, text: str) -> None:
-    from agent.fate import icmp_error_text
+    from pktpath.core.fate import icmp_error_text
 
     assert icmp_error_text(kind, code, mtu) == text

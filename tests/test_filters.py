@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
-from agent.errors import UsageError
-from agent.event import CONFIG_OFFSETS, CONFIG_STRUCT, Proto
-from agent.filters import TraceFilter, parse_host, parse_port, parse_proto
+from pktpath.core.errors import UsageError
+from pktpath.core.event import CONFIG_OFFSETS, CONFIG_STRUCT, Proto
+from pktpath.core.filters import TraceFilter, parse_host, parse_port, parse_proto
 
 
 def field(config: bytes, name: str) -> bytes:

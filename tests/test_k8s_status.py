@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from agent.k8s.kube import PodInfo
-from agent.k8s.spec import Endpoint, SpecError, TraceSpec, parse_duration, parse_spec
-from agent.k8s.status import STALE_AFTER, Ends, merge, node_part
+from pktpath.k8s.kube import PodInfo
+from pktpath.k8s.spec import Endpoint, SpecError, TraceSpec, parse_duration, parse_spec
+from pktpath.k8s.status import STALE_AFTER, Ends, merge, node_part
 
 WEB = PodInfo("shop", "web-0", "node-a", ("10.200.1.10",))
 DB = PodInfo("shop", "db-1", "node-b", ("10.200.2.10",))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 
-from agent.diagram import Stop, draw
-from agent.kubectl_plugin import endpoint, table_of
-from agent.mtr import Place, Table, report_csv, report_json, report_text, vanish_index
+from pktpath.k8s.kubectl_plugin import endpoint, table_of
+from pktpath.view.diagram import Stop, draw
+from pktpath.view.mtr import Place, Table, report_csv, report_json, report_text, vanish_index
 
 A = Place("host", "docker0", "request", 1)
 B = Place("ctr", "eth0", "request", 2)

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from netlab import Netlab
-
-from agent.errors import UsageError
-from agent.names import NetnsNames, container_of_cgroup
-from agent.places import pid_by_cgroup, resolve_from
+from pktpath.core.errors import UsageError
+from pktpath.host.names import NetnsNames, container_of_cgroup
+from pktpath.host.places import pid_by_cgroup, resolve_from
 
 ID = "3f2a9c1b7d0e" + "a" * 52
 POD = "0f1e2d3c-4b5a-6978-8a9b-aabbccddeeff"
@@ -71,11 +70,10 @@ def test_namespaces_named_by_ip_netns_and_by_process(lab: Netlab) -> None:
 
 
 def test_pcapng_blocks(tmp_path: Any) -> None:
+    from pktpath.core.event import Hook
+    from pktpath.core.tracer import hop_from_record
+    from pktpath.view.pcapng import LINKTYPE_ETHERNET, PcapngWriter, open_private
     from test_output import eth, ipv4, record
-
-    from agent.event import Hook
-    from agent.pcapng import LINKTYPE_ETHERNET, PcapngWriter, open_private
-    from agent.tracer import hop_from_record
 
     path = str(tmp_path / "x.pcapng")
     with open_private(path) as out:

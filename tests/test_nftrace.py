@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
-from agent.errors import UsageError
-from agent.event import Proto
-from agent.filters import TraceFilter
-from agent.nftrace import NfRule, NfTrace, packet_identity, rules_for
-from agent.packet import Packet
+from pktpath.core.errors import UsageError
+from pktpath.core.event import Proto
+from pktpath.core.fate import NfRule
+from pktpath.core.filters import TraceFilter
+from pktpath.core.packet import Packet
+from pktpath.host.nftrace import NfTrace, packet_identity, rules_for
 
 
 def test_rules_select_what_the_filter_selects() -> None:

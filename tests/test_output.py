@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import struct
 
+from pktpath.core.event import EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
+from pktpath.core.tracer import hop_from_record
+from pktpath.view.hops import json_object, text_line
 from test_packet import ECHO, eth, ipv4, ipv6
-
-from agent.event import EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
-from agent.output import json_object, text_line
-from agent.tracer import hop_from_record
 
 
 def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",

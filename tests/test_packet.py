@@ -6,10 +6,9 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.event import DATA_OFFSET, EVENT_STRUCT, decode_event
-from agent.packet import Packet, decode, tcp_flags_text
-from agent.pinger import checksum
+from pktpath.core.event import DATA_OFFSET, EVENT_STRUCT, decode_event
+from pktpath.core.packet import Packet, decode, tcp_flags_text
+from pktpath.host.pinger import checksum
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 IP_A, IP_B = bytes([10, 200, 0, 1]), bytes([10, 200, 0, 2])
@@ -113,7 +112,7 @@ def test_unknown_ethertype() -> None:
 
 
 def test_checksum_of_an_echo_request_verifies() -> None:
-    from agent.pinger import echo_request
+    from pktpath.host.pinger import echo_request
 
     assert checksum(echo_request(1, 2, v6=False)) == 0
 
@@ -160,7 +159,7 @@ def test_short_event_record_is_an_error() -> None:
 @settings(max_examples=500)
 @given(data=st.binary(max_size=64))
 def test_flow_decoder_never_raises(data: bytes) -> None:
-    from agent.packet import from_flow
+    from pktpath.core.packet import from_flow
 
     p = from_flow(data)
     assert p.truncated or p.family in ("ipv4", "ipv6")

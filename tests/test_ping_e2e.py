@@ -19,7 +19,7 @@ COLUMNS = ["Loss%", "Snt", "Last", "Avg", "Best", "Wrst", "StDev"]
 
 
 def pktpath(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", "pktpath", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, check=False)
 
 
@@ -130,7 +130,7 @@ def test_live_table_in_tmux_shows_rows_and_q_quits(lab: Netlab) -> None:
     net = docker_like(lab, 77)
     session = f"pktpath-test-{os.getpid()}"
     marker = f"/tmp/{session}.rc"
-    command = (f"cd {REPO} && env -u COLUMNS -u LINES {sys.executable} -m agent ping "
+    command = (f"cd {REPO} && env -u COLUMNS -u LINES {sys.executable} -m pktpath ping "
                f"--from {net.host.name} "
                f"{net.container_addr} --interval 0.2; echo $? > {marker}")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "30",

@@ -16,9 +16,8 @@ import pytest
 from badframes import frames
 from conftest import REPO, need, rss_mib
 from netlab import Netlab, docker_like
+from pktpath.core.packet import decode
 from test_trace_e2e import hop, loaded_programs, programs_gone
-
-from agent.packet import decode
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")
 
@@ -113,7 +112,7 @@ def test_thirty_second_flood_with_everything_traced(lab: Netlab) -> None:
          "end = time.monotonic() + 40\n"
          "while time.monotonic() < end:\n"
          "    for _ in range(1000): s.sendto(b'x' * 18, ('10.200.31.2', 9))"])
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "--json"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "pktpath", "trace", "--json"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(5)
@@ -180,7 +179,7 @@ def setpriv(*caps: str) -> tuple[str, ...]:
 
 def test_trace_runs_with_exactly_cap_bpf_and_cap_perfmon(lab: Netlab) -> None:
     net = docker_like(lab, 87)
-    proc = subprocess.Popen([*setpriv("bpf", "perfmon"), sys.executable, "-m", "agent", "trace",
+    proc = subprocess.Popen([*setpriv("bpf", "perfmon"), sys.executable, "-m", "pktpath", "trace",
                              "--proto", "icmp", "--host", net.container_addr, "-c", "6",
                              "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -194,7 +193,7 @@ def test_trace_runs_with_exactly_cap_bpf_and_cap_perfmon(lab: Netlab) -> None:
     assert [(e["ifname"], e["icmp_type"]) for e in events] == [
         ("docker0", 8), (net.veth, 8), ("eth0", 8), ("eth0", 0), (net.veth, 0), ("docker0", 0)]
 
-    done = subprocess.run([*setpriv("bpf"), sys.executable, "-m", "agent", "trace"], cwd=REPO,
+    done = subprocess.run([*setpriv("bpf"), sys.executable, "-m", "pktpath", "trace"], cwd=REPO,
                           capture_output=True, text=True, timeout=30, check=False)
     assert (done.returncode, done.stderr) == (1, "pktpath: pktpath needs CAP_BPF and "
                                               "CAP_PERFMON (or root) to trace: run it with sudo\n")
@@ -202,7 +201,7 @@ def test_trace_runs_with_exactly_cap_bpf_and_cap_perfmon(lab: Netlab) -> None:
 
 def test_ping_needs_raw_sockets_and_namespace_entry(lab: Netlab) -> None:
     net = docker_like(lab, 88)
-    args = [sys.executable, "-m", "agent", "ping", "--from", net.host.name, net.container_addr,
+    args = [sys.executable, "-m", "pktpath", "ping", "--from", net.host.name, net.container_addr,
             "-c", "2", "--interval", "0.2", "--timeout", "0.5", "--json"]
     done = subprocess.run([*setpriv("bpf", "perfmon", "net_raw", "sys_admin"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=30, check=False)

@@ -1,7 +1,0 @@
-"""``python -m agent`` runs the pktpath command."""
-
-import sys
-
-from agent.cli import main
-
-sys.exit(main())

@@ -1,6 +1,0 @@
-"""The Kubernetes node agent: PacketTrace resources traced on each node, hops in their status.
-
-One agent runs per node. It handles the traces that concern its node, maps pod network
-namespaces to pod names, runs the tracing core filtered on the trace's addresses and its
-node's namespaces, sends probes from the source pod, and writes its node's part of the status.
-"""

@@ -1,0 +1,326 @@
+"""The ``pktpath`` command: ``trace`` and ``demo``.
+
+Exit codes: 0 done, 1 missing privilege / kernel feature / failure while tracing, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import NoReturn, TextIO
+
+from pktpath import __version__
+from pktpath.cli.stream import announce, message, run, stop_on_signals
+from pktpath.core.errors import EXIT_USAGE, PktpathError, UsageError
+from pktpath.core.event import Hook
+from pktpath.core.expression import compile_expression
+from pktpath.core.filters import TraceFilter, parse_host, parse_port, parse_proto
+from pktpath.core.loader import DEFAULT_RING_BYTES
+from pktpath.core.tracer import Hop, Tracer
+from pktpath.host import netns
+from pktpath.host.names import NetnsNames
+from pktpath.host.nftrace import NfTrace
+from pktpath.host.privileges import require_btf, require_network_admin, require_tracing
+from pktpath.view.diagram import FirstPath, draw
+from pktpath.view.pcapng import PcapngWriter, open_private
+
+TRACE_EXAMPLES = """\
+examples:
+  pktpath trace --proto icmp --host 172.17.0.2     ping a container, see every hop
+  pktpath trace 'tcp and dst port 8080'            a tcpdump expression, run in the kernel
+  pktpath trace --host fd00:200::2 --proto icmp6   the same over IPv6
+  pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
+  pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
+  pktpath trace --netns blue --proto udp -c 10     10 UDP packets in `ip netns` blue
+"""
+
+AGENT_EXAMPLES = """\
+examples:
+  NODE_NAME=node-a pktpath agent                 as the DaemonSet runs it
+  pktpath agent --node node-a --host-netns /run/netns/node-a --listen 127.0.0.1:9900
+"""
+
+PING_EXAMPLES = """\
+examples:
+  pktpath ping --from blue 10.200.1.2              live table of ICMP probes from `ip netns` blue
+  pktpath ping --from web 10.200.1.2 --report -c 5 mtr-style report of 5 probes, then the path
+  pktpath ping --from pid:4242 --tcp --port 80 10.200.1.2   TCP SYNs from a process's namespace
+  pktpath ping --from 3f2a9c1b7d0e fd00:200::2     from a container (name or ID), over IPv6
+  pktpath ping --from blue 10.200.1.2 -c 5 --json  mtr's JSON report, with namespaces
+"""
+
+DEMO_EXAMPLES = """\
+examples:
+  pktpath demo              build a docker-like network, ping across it, show the path
+  pktpath demo --json       the same hops as JSON
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one sentence, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"pktpath: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if text[-1:].lower() in units:
+            return int(text[:-1]) * units[text[-1].lower()]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4M)") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = _Parser(prog="pktpath", description="Where did my packet go? pktpath shows the "
+                     "interfaces and network namespaces a packet crosses, traced with eBPF.")
+    parser.add_argument("--version", action="version", version=f"pktpath {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    trace = sub.add_parser("trace", help="show packets at every interface they cross",
+                           description="Show each matching packet at every interface it "
+                           "crosses, in every network namespace, both ways. Flags combine "
+                           "with AND; with no flag every packet is traced.",
+                           epilog=TRACE_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    trace.add_argument("expression", nargs="*",
+                       help="a tcpdump filter expression (pcap-filter(7)), e.g. "
+                       "'tcp and dst port 8080'")
+    trace.add_argument("--host", action="append", default=[], metavar="ADDR",
+                       help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
+    trace.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
+    trace.add_argument("--port", metavar="N", help="TCP or UDP source or destination port")
+    trace.add_argument("--netns", metavar="NS",
+                       help="only this network namespace: `ip netns` name, path or inode")
+    trace.add_argument("-i", "--interface", metavar="NAME",
+                       help="only interfaces with this name (in any namespace unless --netns)")
+    _output_flags(trace)
+    trace.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                       help="stop after N events")
+    trace.add_argument("--buffer-size", type=_size, default=DEFAULT_RING_BYTES, metavar="SIZE",
+                       help="ring buffer size, a power of two (default 4M)")
+    trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
+                       help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
+    trace.add_argument("--latency", action="store_true",
+                       help="text: show the time since each packet's first hop (+0.021ms)")
+    trace.add_argument("--nf-trace", action="store_true",
+                       help="name the nftables/iptables rule that dropped a packet (adds a "
+                       "table of its own while tracing, removed on exit)")
+    trace.add_argument("--no-track", action="store_true",
+                       help="show only hops where the filter matches, not the rest of a matched "
+                       "packet's way (through NAT, tunnels, clones)")
+    trace.add_argument("--routes", action="store_true",
+                       help="also the routing lookups: the route each forwarded hop took "
+                       "(JSON route), and which route failed for a drop (costs more)")
+    trace.add_argument("--no-drops", action="store_true",
+                       help="only the path: no drops or ICMP errors")
+    trace.add_argument("-w", "--write", metavar="FILE",
+                       help="also write the packets to FILE as pcap-ng (mode 0600), a comment "
+                       "on each naming its namespace, interface, hook and packet")
+    trace.add_argument("--diagram", action="store_true",
+                       help="at the end, draw the path of the first packet traced (and its "
+                       "reply) across namespaces")
+
+    ping = sub.add_parser("ping", help="send probes and show, mtr-style, where they go",
+                          description="Send probes (ICMP echo, UDP or TCP SYN) from a network "
+                          "namespace, trace only them, and show per interface and direction "
+                          "how many were seen and how long after sending. A live table on a "
+                          "terminal (q quits, p pauses, r resets); else, or with --report, "
+                          "the final table and the path diagram.", epilog=PING_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    ping.add_argument("target", help="IP address (or name) to probe")
+    ping.add_argument("--from", dest="from_", metavar="WHERE",
+                      help="send from this network namespace: `ip netns` name, path, pid:N, or "
+                      "a container name or ID (default: this process's namespace)")
+    kind = ping.add_mutually_exclusive_group()
+    kind.add_argument("--udp", action="store_true", help="UDP datagrams (needs --port)")
+    kind.add_argument("--tcp", action="store_true", help="TCP SYNs (needs --port)")
+    ping.add_argument("--port", metavar="N",
+                      help="destination port for --udp or --tcp")
+    ping.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                      help="probes to send (default: 10 in a report, until q when live)")
+    ping.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                      help="time between probes (default 1)")
+    ping.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
+                      help="how long a probe is waited for after it was sent (default 1)")
+    ping.add_argument("-r", "--report", action="store_true",
+                      help="no live table: print the report when the probes are done")
+    shape = ping.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the report as mtr's JSON")
+    shape.add_argument("--csv", action="store_true", help="the report as mtr's CSV")
+    ping.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+
+    demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
+                          description="Build a docker-like network in temporary namespaces (a "
+                          "'host' with bridge docker0, a veth into a 'container'), ping the "
+                          "container while tracing, print the path, and remove everything.",
+                          epilog=DEMO_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    _output_flags(demo)
+    demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
+                      help="pings to send (default 3)")
+
+    node_agent = sub.add_parser(
+        "agent", help="the Kubernetes node agent (run by the DaemonSet)",
+        description="Watch PacketTrace resources and trace those that concern this node, "
+        "writing this node's hops into their status. Uses the in-cluster service account, "
+        "else $KUBECONFIG.", epilog=AGENT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    node_agent.add_argument("--node", default=os.environ.get("NODE_NAME"),
+                            help="this node's name (default: $NODE_NAME)")
+    node_agent.add_argument("--host-netns", default="/proc/1/ns/net", metavar="PATH",
+                            help="the node's own network namespace (default: /proc/1/ns/net, "
+                            "the host's when the pod shares the host PID namespace)")
+    node_agent.add_argument("--listen", default="0.0.0.0:9900", metavar="HOST:PORT",
+                            help="address of /metrics and /healthz (default 0.0.0.0:9900)")
+    node_agent.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+    return parser
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per event (keys in README.md)")
+
+
+def filter_from_args(args: argparse.Namespace) -> tuple[TraceFilter, netns.Netns | None]:
+    """The trace filter the flags ask for (and the --netns namespace), checked."""
+    ns = netns.resolve(args.netns) if args.netns else None
+    if args.interface:
+        netns.find_interface(args.interface, ns)
+    expression = " ".join(args.expression).strip()
+    return TraceFilter(
+        expression=compile_expression(expression) if expression else None,
+        hosts=tuple(parse_host(h) for h in args.host),
+        proto=parse_proto(args.proto) if args.proto else TraceFilter.proto,
+        port=parse_port(args.port) if args.port else 0,
+        netns=ns.inode if ns else 0,
+        ifname=args.interface or "",
+        track=not args.no_track,
+    ), ns
+
+
+def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath trace``."""
+    trace_filter, ns = filter_from_args(args)
+    if args.nf_trace and args.no_drops:
+        raise UsageError("--nf-trace names the rule behind a drop: it needs the drops "
+                         "(leave out --no-drops)")
+    require_tracing()
+    require_btf()
+    if args.nf_trace:
+        require_network_admin("--nf-trace")
+    stop = threading.Event()
+    hooks = [Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB]
+    if not args.no_drops:
+        hooks += [Hook.KFREE_SKB, Hook.ICMP_SEND]
+    if not args.no_track:
+        hooks.append(Hook.CONSUME_SKB)
+    if args.routes:
+        hooks += [Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP]
+    nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
+    names = NetnsNames()
+    pcap = open_private(args.write) if args.write else None
+    sinks: list[Callable[[Hop], None]] = []
+    path = FirstPath(names) if args.diagram else None
+    if path is not None:
+        sinks.append(path)
+    writer = PcapngWriter(pcap, names) if pcap is not None else None
+    if writer is not None:
+        sinks.append(writer.write)
+    with stop_on_signals(stop), pcap or contextlib.nullcontext(), \
+            nf or contextlib.nullcontext(), \
+            Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
+                   ring_bytes=args.buffer_size) as tracer:
+        if nf is not None:
+            for where in nf.removed_stale:
+                message(err, f"removed {where}, left by a pktpath that was killed")
+            spaces = ", ".join(n.name or n.path for n in nf.namespaces) or "no namespace"
+            message(err, f"nftables tracing on in {spaces}")
+        announce(tracer, err)
+        run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count,
+            annotate=nf.annotate if nf else None, names=names,
+            on_hop=_fan_out(sinks))
+    if writer is not None:
+        message(err, f"{writer.packets} packets written to {args.write}")
+    if path is not None:
+        out.write("\n" + (draw(path.stops) or "no packet traced: no path to draw\n"))
+    return 0
+
+
+def _fan_out(sinks: list[Callable[[Hop], None]]) -> Callable[[Hop], None] | None:
+    """One function calling every sink with a hop (None for no sink)."""
+    if not sinks:
+        return None
+
+    def call(hop: Hop) -> None:
+        for sink in sinks:
+            sink(hop)
+
+    return call
+
+
+def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath ping``."""
+    from pktpath.cli.ping import cmd_ping as run_ping
+
+    return run_ping(args, out, err)
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath demo``."""
+    from pktpath.cli.demo import run_demo
+
+    return run_demo(out, err, as_json=args.json, pings=args.count)
+
+
+def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath agent``."""
+    if not args.node:
+        raise UsageError("the agent needs its node name: --node or $NODE_NAME")
+    if not os.path.exists(args.host_netns):
+        raise UsageError(f"the node's network namespace {args.host_netns} does not exist")
+    if ":" not in args.listen or not args.listen.rpartition(":")[2].isdigit():
+        raise UsageError(f"--listen {args.listen!r} is not HOST:PORT")
+    require_tracing()
+    require_btf()
+    from pktpath.k8s.logs import configure_logging
+    from pktpath.k8s.operator import run as run_agent
+
+    configure_logging(err)
+    return run_agent(args.node, args.host_netns, args.listen, args.hook_type)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pktpath`` console script."""
+    args = build_parser().parse_args(argv)
+    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent, "ping": cmd_ping}
+    try:
+        return commands[args.command](args, sys.stdout, sys.stderr)
+    except UsageError as exc:
+        message(sys.stderr, f"{exc} (see 'pktpath {args.command} --help')")
+        return exc.exit_code
+    except PktpathError as exc:
+        message(sys.stderr, str(exc))
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

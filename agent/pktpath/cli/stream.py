@@ -1,0 +1,158 @@
+"""Run an attached tracer until it is told to stop: write each hop, report losses, summarise.
+
+Output rules (README.md): results go to ``out`` (stdout), messages to ``err`` (stderr), each
+message one line starting with ``pktpath:``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TextIO
+
+from pktpath.core.tracer import MAX_BATCH, Hop, Tracer
+from pktpath.view.hops import Rewrites, json_object, text_line
+
+LOSS_CHECK_SECONDS = 1.0
+DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
+WITHOUT = {  # what is missing from the output when a hook cannot attach
+    "net_dev_queue": "transmits are not shown",
+    "netif_receive_skb": "receives are not shown",
+    "kfree_skb": "drops are not shown",
+    "icmp_send": "ICMP errors the kernel sends are not named",
+    "consume_skb": "a tracked packet's identity may be reused sooner",
+    "fib_table_lookup": "IPv4 routes are not shown",
+    "fib6_table_lookup": "IPv6 routes are not shown",
+}
+
+
+@dataclass
+class SessionResult:
+    """What a session did."""
+
+    shown: int
+    lost: int
+
+
+def message(err: TextIO, text: str) -> None:
+    """One line for the user on stderr."""
+    err.write(f"pktpath: {text}\n")
+    err.flush()
+
+
+def announce(tracer: Tracer, err: TextIO) -> None:
+    """Say what is traced where, and what did not attach."""
+    report = tracer.report
+    if report.fallback_reason:
+        message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
+    for status in report.hooks:
+        if status.error:
+            missing = WITHOUT.get(status.hook.tracepoint)
+            message(err, "; ".join(filter(None, (
+                f"hook {status.hook.tracepoint} not attached ({status.error})", missing,
+                "the other hooks keep working"))))
+    if tracer.filter.empty:
+        message(err, "no filter: tracing every packet on every interface is heavy; narrow it "
+                     "with --host, --proto, --port, --netns or -i")
+    hooks = ", ".join(f"{s.hook.tracepoint}" for s in report.attached)
+    kind = report.attached[0].hook_type
+    message(err, f"tracing {tracer.filter.describe()} at {hooks} ({kind}); Ctrl-C stops")
+
+
+def formatter(as_json: bool, latency: bool = False,
+              names: Callable[[int], str] | None = None) -> Callable[[Hop], str]:
+    """The function that turns a hop into its output line (marking NAT rewrites, naming
+    namespaces)."""
+    rewrites = Rewrites()
+
+    def name(hop: Hop) -> str | None:
+        return names(hop.event.netns) if names is not None and hop.event.netns else None
+
+    if as_json:
+        return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop)),
+                                      separators=(",", ":"))
+    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop))
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set stop on SIGINT or SIGTERM while the block runs (main thread only)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _sig, _frame: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def gap(out: TextIO, err: TextIO, as_json: bool, lost: int, total: int) -> None:
+    """Say that events were lost here: live on stderr, and in the JSON stream where it
+    happened (``{"gap": {"lost": N, "lost_total": M}}``)."""
+    message(err, f"{lost} events lost: the ring buffer was full (narrow the filter or enlarge "
+                 "--buffer-size)")
+    if as_json:
+        out.write(json.dumps({"gap": {"lost": lost, "lost_total": total,
+                                      "time_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC)}},
+                             separators=(",", ":")) + "\n")
+
+
+def run(
+    tracer: Tracer,
+    stop: threading.Event,
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool = False,
+    latency: bool = False,
+    count: int = 0,
+    annotate: Callable[[Hop], Hop] | None = None,
+    names: Callable[[int], str] | None = None,
+    on_hop: Callable[[Hop], None] | None = None,
+) -> SessionResult:
+    """Write hops to out until stop is set or count hops were written; then the summary.
+
+    names names namespaces; on_hop sees every hop written (the pcap-ng file, the diagram).
+    """
+    fmt = formatter(as_json, latency, names)
+    shown = reported_lost = 0
+    next_check = time.monotonic() + LOSS_CHECK_SECONDS
+    stop_by = 0.0
+    while True:
+        stopping = stop.is_set()
+        if stopping and not stop_by:
+            stop_by = time.monotonic() + DRAIN_SECONDS
+        hops = tracer.drain() if stopping else tracer.poll(100)
+        for hop in hops:
+            if annotate is not None:
+                hop = annotate(hop)
+            out.write(fmt(hop) + "\n")
+            if on_hop is not None:
+                on_hop(hop)
+            shown += 1
+            if count and shown >= count:
+                stop.set()
+                break
+        if count and shown >= count:
+            break
+        if stopping and (len(hops) < MAX_BATCH or time.monotonic() >= stop_by):
+            break  # drained (or a flood goes on: stop anyway, within a second)
+        if time.monotonic() >= next_check or stopping:
+            next_check = time.monotonic() + LOSS_CHECK_SECONDS
+            lost = tracer.lost()
+            if lost > reported_lost:
+                gap(out, err, as_json, lost - reported_lost, lost)
+                reported_lost = lost
+        out.flush()
+    out.flush()
+    lost = tracer.lost()
+    if as_json and lost > reported_lost:
+        gap(out, err, as_json, lost - reported_lost, lost)
+    message(err, f"{shown} events shown, {lost} lost")
+    return SessionResult(shown, lost)

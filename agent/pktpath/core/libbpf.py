@@ -1,0 +1,133 @@
+"""ctypes bindings to the few libbpf (libbpf.so.1) calls pktpath uses.
+
+Only this module touches libbpf. Every call that can fail raises :class:`LibbpfError` with the
+call, the object it was about, the errno and what libbpf printed while it ran (the verifier log
+on a failed load).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pktpath.core.errors import PktpathError
+
+_c_void_p = ctypes.c_void_p
+
+# int (*)(void *ctx, void *data, size_t size)
+RingBufferCallback = ctypes.CFUNCTYPE(ctypes.c_int, _c_void_p, _c_void_p, ctypes.c_size_t)
+# int (*)(enum libbpf_print_level level, const char *fmt, va_list ap)
+_PrintCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, _c_void_p)
+
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+
+
+class LibbpfError(PktpathError):
+    """A libbpf call failed; ``errno`` holds the positive error number."""
+
+    def __init__(self, message: str, err: int, log: str = "") -> None:
+        super().__init__(message, exit_code=1)
+        self.errno = err
+        self.log = log
+
+
+def _declare(lib: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> None:
+    func = getattr(lib, name)
+    func.restype = restype
+    func.argtypes = argtypes
+
+
+class Libbpf:
+    """The loaded libbpf shared library, with typed functions and a captured log."""
+
+    def __init__(self, path: str | None = None) -> None:
+        path = path or os.environ.get("PKTPATH_LIBBPF") or ctypes.util.find_library("bpf")
+        try:
+            self.lib = ctypes.CDLL(path or "libbpf.so.1", use_errno=True)
+        except OSError as exc:
+            raise PktpathError(
+                f"cannot load libbpf ({exc}): install it (Debian: apt-get install libbpf1)",
+                exit_code=1,
+            ) from exc
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                         _c_void_p]
+        self.log_lines: list[str] = []
+        self._print_cb = _PrintCallback(self._on_print)
+        lib = self.lib
+        p, i, u32, sz = _c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
+        s = ctypes.c_char_p
+        functions: list[tuple[str, Any, list[Any]]] = [
+            ("libbpf_set_print", p, [_PrintCallback]),
+            ("bpf_object__open_file", p, [s, p]),
+            ("bpf_object__load", i, [p]),
+            ("bpf_object__close", None, [p]),
+            ("bpf_object__next_program", p, [p, p]),
+            ("bpf_object__find_map_by_name", p, [p, s]),
+            ("bpf_program__name", s, [p]),
+            ("bpf_program__section_name", s, [p]),
+            ("bpf_program__set_autoload", i, [p, ctypes.c_bool]),
+            ("bpf_program__autoload", ctypes.c_bool, [p]),
+            ("bpf_program__attach", p, [p]),
+            ("bpf_link__destroy", i, [p]),
+            ("bpf_map__initial_value", p, [p, ctypes.POINTER(sz)]),
+            ("bpf_map__set_max_entries", i, [p, u32]),
+            ("bpf_map__fd", i, [p]),
+            ("bpf_map_lookup_elem", i, [i, p, p]),
+            ("bpf_map_update_elem", i, [i, p, p, ctypes.c_uint64]),
+            ("bpf_map_delete_elem", i, [i, p]),
+            ("libbpf_num_possible_cpus", i, []),
+            ("ring_buffer__new", p, [i, RingBufferCallback, p, p]),
+            ("ring_buffer__poll", i, [p, i]),
+            ("ring_buffer__consume", i, [p]),
+            ("ring_buffer__free", None, [p]),
+            ("btf__load_vmlinux_btf", p, []),
+            ("btf__find_by_name_kind", ctypes.c_int32, [p, s, u32]),
+            ("btf__type_by_id", p, [p, u32]),
+            ("btf__name_by_offset", s, [p, u32]),
+            ("btf__free", None, [p]),
+        ]
+        for name, res, args in functions:
+            _declare(lib, name, res, args)
+        lib.libbpf_set_print(self._print_cb)
+
+    def _on_print(self, level: int, fmt: bytes, ap: int | None) -> int:
+        buf = ctypes.create_string_buffer(4096)
+        self._libc.vsnprintf(buf, len(buf), fmt, ap)
+        if level <= LIBBPF_INFO:
+            self.log_lines.extend(buf.value.decode(errors="replace").splitlines())
+        return 0
+
+    def take_log(self) -> str:
+        """What libbpf printed since the last call, and forget it."""
+        text = "\n".join(self.log_lines)
+        self.log_lines.clear()
+        return text
+
+    def check_ptr(self, ptr: int | None, what: str) -> int:
+        """Raise LibbpfError when a pointer-returning call returned NULL."""
+        if not ptr:
+            err = ctypes.get_errno() or errno.EINVAL
+            raise LibbpfError(f"{what}: {os.strerror(err)}", err, self.take_log())
+        return ptr
+
+    def check_int(self, ret: int, what: str) -> int:
+        """Raise LibbpfError when an int-returning call returned a negative error."""
+        if ret < 0:
+            err = -ret
+            raise LibbpfError(f"{what}: {os.strerror(err)}", err, self.take_log())
+        return ret
+
+    def ring_buffer(self, map_fd: int, callback: Callable[[int, int], int]) -> tuple[int, Any]:
+        """A ring_buffer consuming map_fd; callback(data_ptr, size) runs for each record.
+
+        Returns the ring_buffer pointer and the ctypes callback, which the caller must keep
+        alive as long as the ring buffer.
+        """
+        cb = RingBufferCallback(lambda _ctx, data, size: callback(data, size))
+        rb = self.check_ptr(self.lib.ring_buffer__new(map_fd, cb, None, None), "ring_buffer__new")
+        return rb, cb

@@ -1,0 +1,281 @@
+"""Load pktpath's BPF object, set its filter, attach its hooks, and read its ring buffer.
+
+Each hook exists as a ``tp_btf`` and a ``raw_tp`` program. ``tp_btf`` is tried first; when the
+kernel refuses to load it, the object is loaded again with the ``raw_tp`` programs. A hook that
+cannot attach is reported and the others keep working. Everything attached is owned by this
+process: closing the :class:`Probes` (or the process dying) detaches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+
+from pktpath.core.errors import PktpathError
+from pktpath.core.event import CONFIG_STRUCT, DEFAULT_HOOKS, Counter, Hook
+from pktpath.core.expression import INSN
+from pktpath.core.libbpf import Libbpf, LibbpfError
+
+HOOK_TYPES = ("tp_btf", "raw_tp")
+DEFAULT_RING_BYTES = 4 << 20
+
+
+REFUSE_ENV = "PKTPATH_REFUSE_HOOKS"
+
+
+def object_path() -> str:
+    """Path of the BPF object: the one shipped inside the package, or $PKTPATH_BPF_OBJECT."""
+    return os.environ.get("PKTPATH_BPF_OBJECT") or str(
+        resources.files("pktpath.core").joinpath("pktpath.bpf.o"))
+
+
+@dataclass
+class HookStatus:
+    """What happened to one hook: attached with a program type, or why not."""
+
+    hook: Hook
+    hook_type: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class LoadReport:
+    """The outcome of loading: one status per hook, and why tp_btf was not used if it was not."""
+
+    hooks: list[HookStatus] = field(default_factory=list)
+    fallback_reason: str | None = None
+
+    @property
+    def attached(self) -> list[HookStatus]:
+        """The hooks that are attached."""
+        return [h for h in self.hooks if h.hook_type]
+
+
+class Probes:
+    """The loaded and attached BPF object. Use as a context manager."""
+
+    def __init__(
+        self,
+        config: bytes,
+        *,
+        hooks: Iterable[Hook] = DEFAULT_HOOKS,
+        hook_type: str = "auto",
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        libbpf: Libbpf | None = None,
+        path: str | None = None,
+        cbpf: bytes = b"",
+    ) -> None:
+        if len(config) != CONFIG_STRUCT.size:
+            raise ValueError(f"config is {len(config)} bytes, expected {CONFIG_STRUCT.size}")
+        if hook_type not in ("auto", *HOOK_TYPES):
+            raise ValueError(f"hook_type must be auto, tp_btf or raw_tp, not {hook_type!r}")
+        if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
+            raise PktpathError(
+                f"ring buffer size {ring_bytes} must be a power of two of at least 4096 bytes",
+                exit_code=2,
+            )
+        self._config = config
+        self._cbpf = cbpf
+        self._hooks = list(hooks)
+        self._hook_type = hook_type
+        self._ring_bytes = ring_bytes
+        self._bpf = libbpf or Libbpf()
+        self._path = path or object_path()
+        self._obj: int | None = None
+        self._links: list[int] = []
+        self._rings: list[tuple[int, object]] = []
+        self._netns: set[int] = set()
+        # hooks to treat as refused by the kernel: how a test (or a user) sees what pktpath
+        # does on a kernel without them
+        self._refused = set(filter(None, os.environ.get(REFUSE_ENV, "").split(",")))
+        self.report = LoadReport()
+
+    def __enter__(self) -> Probes:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def libbpf(self) -> Libbpf:
+        """The libbpf these probes use."""
+        return self._bpf
+
+    # -- loading -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open, configure, load and attach; raise PktpathError when nothing could attach."""
+        if not os.path.exists(self._path):
+            raise PktpathError(f"the BPF object {self._path} is missing: reinstall pktpath "
+                               "(or run 'make -C bpf' in a source checkout)")
+        types = HOOK_TYPES if self._hook_type == "auto" else (self._hook_type,)
+        last: LibbpfError | None = None
+        for hook_type in types:
+            try:
+                self._load(hook_type)
+            except LibbpfError as err:
+                self._close_object()
+                if err.errno in (errno.EPERM, errno.EACCES):
+                    raise _privilege_error(err) from err
+                last = err
+                self.report.fallback_reason = f"{hook_type}: {err}"
+                continue
+            break
+        else:
+            assert last is not None
+            raise PktpathError(f"the kernel refused pktpath's BPF programs ({last}); "
+                               f"verifier log:\n{_tail(last.log)}") from last
+        self._attach(hook_type)
+
+    def _load(self, hook_type: str) -> None:
+        bpf = self._bpf
+        lib = bpf.lib
+        self._obj = bpf.check_ptr(lib.bpf_object__open_file(self._path.encode(), None),
+                                  f"opening {self._path}")
+        for prog in self._programs():
+            name = lib.bpf_program__name(prog).decode()
+            wanted = any(name == f"{hook_type}_{h.tracepoint}" for h in self._hooks)
+            bpf.check_int(lib.bpf_program__set_autoload(prog, wanted), f"autoload {name}")
+        rodata = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b".rodata"),
+                               "finding .rodata")
+        size = ctypes.c_size_t()
+        init = bpf.check_ptr(lib.bpf_map__initial_value(rodata, ctypes.byref(size)),
+                             "reading .rodata")
+        if size.value != len(self._config):
+            raise PktpathError(f"the BPF object's config is {size.value} bytes, pktpath "
+                               f"expects {len(self._config)}: reinstall pktpath")
+        ctypes.memmove(init, self._config, len(self._config))
+        ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"), "events")
+        bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
+        bpf.take_log()
+        bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
+        self._fill_cbpf()
+
+    def _fill_cbpf(self) -> None:
+        """Put the tcpdump expression's instructions in the map before anything attaches."""
+        if not self._cbpf:
+            return
+        lib = self._bpf.lib
+        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"cbpf_prog"))
+        size = INSN.size
+        for index in range(len(self._cbpf) // size):
+            value = self._cbpf[index * size:(index + 1) * size]
+            if not any(value):
+                continue
+            key = ctypes.c_uint32(index)
+            buf = ctypes.create_string_buffer(value, size)
+            self._bpf.check_int(lib.bpf_map_update_elem(fd, ctypes.byref(key), buf, 0),
+                                "loading the filter expression")
+
+    def _programs(self) -> list[int]:
+        progs: list[int] = []
+        prog = None
+        while True:
+            prog = self._bpf.lib.bpf_object__next_program(self._obj, prog)
+            if not prog:
+                return progs
+            progs.append(prog)
+
+    def _attach(self, hook_type: str) -> None:
+        lib = self._bpf.lib
+        by_name = {lib.bpf_program__name(p).decode(): p for p in self._programs()}
+        for hook in self._hooks:
+            status = HookStatus(hook)
+            self.report.hooks.append(status)
+            prog = by_name.get(f"{hook_type}_{hook.tracepoint}")
+            if hook.tracepoint in self._refused:
+                status.error = f"{hook_type}/{hook.tracepoint}: refused ({REFUSE_ENV})"
+                continue
+            if prog is None:
+                status.error = f"no {hook_type} program for {hook.tracepoint} in the object"
+                continue
+            link = lib.bpf_program__attach(prog)
+            if not link:
+                err = ctypes.get_errno() or errno.EINVAL
+                status.error = f"{hook_type}/{hook.tracepoint}: {os.strerror(err)}"
+                continue
+            self._links.append(link)
+            status.hook_type = hook_type
+        if not self._links:
+            errors = "; ".join(h.error or "" for h in self.report.hooks)
+            raise PktpathError(f"no hook could be attached: {errors}")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def ring_buffer(self, on_record: Callable[[int, int], int]) -> int:
+        """A libbpf ring_buffer calling on_record(address, size) for each event."""
+        lib = self._bpf.lib
+        ring = self._bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"),
+                                   "events")
+        rb, cb = self._bpf.ring_buffer(lib.bpf_map__fd(ring), on_record)
+        self._rings.append((rb, cb))
+        return rb
+
+    def poll(self, rb: int, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for events and consume them; returns how many, or -errno."""
+        return int(self._bpf.lib.ring_buffer__poll(rb, timeout_ms))
+
+    def consume(self, rb: int) -> int:
+        """Consume whatever is in the ring buffer without waiting."""
+        return int(self._bpf.lib.ring_buffer__consume(rb))
+
+    def counters(self) -> dict[Counter, int]:
+        """The kernel-side counters, summed over CPUs."""
+        lib = self._bpf.lib
+        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"counters"))
+        ncpu = self._bpf.check_int(lib.libbpf_num_possible_cpus(), "counting CPUs")
+        values = (ctypes.c_uint64 * ncpu)()
+        result = {}
+        for counter in Counter:
+            key = ctypes.c_uint32(counter)
+            self._bpf.check_int(lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values),
+                                "reading counters")
+            result[counter] = sum(values)
+        return result
+
+    def set_netns(self, inodes: Iterable[int]) -> None:
+        """Make the netns set exactly inodes (used when the filter has netns_set)."""
+        lib = self._bpf.lib
+        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"netns_set"))
+        wanted = set(inodes)
+        for inode in self._netns - wanted:
+            key = ctypes.c_uint32(inode)
+            lib.bpf_map_delete_elem(fd, ctypes.byref(key))
+        one = ctypes.c_uint8(1)
+        for inode in wanted - self._netns:
+            key = ctypes.c_uint32(inode)
+            ret = lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(one), 0)
+            self._bpf.check_int(ret, "updating the netns set")
+        self._netns = wanted
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach every hook and free everything; safe to call twice."""
+        lib = self._bpf.lib
+        for rb, _cb in self._rings:
+            lib.ring_buffer__free(rb)
+        self._rings.clear()
+        for link in self._links:
+            lib.bpf_link__destroy(link)
+        self._links.clear()
+        self._close_object()
+
+    def _close_object(self) -> None:
+        if self._obj:
+            self._bpf.lib.bpf_object__close(self._obj)
+            self._obj = None
+
+
+def _privilege_error(err: LibbpfError) -> PktpathError:
+    return PktpathError(f"pktpath needs CAP_BPF and CAP_PERFMON (or root) to load its BPF "
+                        f"programs ({err}): run it with sudo")
+
+
+def _tail(log: str, lines: int = 30) -> str:
+    return "\n".join(log.splitlines()[-lines:])

@@ -1,0 +1,78 @@
+"""Names the running kernel gives to numbers: drop reasons (from its BTF), code addresses
+(from /proc/kallsyms)."""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+
+from pktpath.core.libbpf import Libbpf
+
+BTF_KIND_ENUM = 6
+DROP_REASON_PREFIX = "SKB_DROP_REASON_"
+
+
+class _BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("val", ctypes.c_int32)]
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32),
+                ("size", ctypes.c_uint32)]
+
+
+def enum_values(libbpf: Libbpf, name: str) -> dict[int, str]:
+    """Value -> name of an enum of the running kernel (empty when its BTF lacks it)."""
+    lib = libbpf.lib
+    btf = lib.btf__load_vmlinux_btf()
+    if not btf:
+        return {}
+    try:
+        type_id = lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_ENUM)
+        if type_id <= 0:
+            return {}
+        ptr = lib.btf__type_by_id(btf, type_id)
+        btf_type = _BtfType.from_address(ptr)
+        count = btf_type.info & 0xFFFF
+        entries = (_BtfEnum * count).from_address(ptr + ctypes.sizeof(_BtfType))
+        return {e.val: lib.btf__name_by_offset(btf, e.name_off).decode() for e in entries}
+    finally:
+        lib.btf__free(btf)
+
+
+def drop_reasons(libbpf: Libbpf) -> dict[int, str]:
+    """enum skb_drop_reason of the running kernel, names without SKB_DROP_REASON_."""
+    return {value: name.removeprefix(DROP_REASON_PREFIX)
+            for value, name in enum_values(libbpf, "skb_drop_reason").items()}
+
+
+class Symbols:
+    """Kernel text symbols from /proc/kallsyms, to name code addresses (``sym+0xoff``)."""
+
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        entries: list[tuple[int, str]] = []
+        try:
+            with open(path, encoding="ascii", errors="replace") as kallsyms:
+                for line in kallsyms:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[1] in "tTwW":
+                        address = int(parts[0], 16)
+                        if address:
+                            entries.append((address, parts[2]))
+        except OSError:
+            pass
+        entries.sort()
+        self._addresses = [a for a, _ in entries]
+        self._names = [n for _, n in entries]
+
+    def name(self, address: int) -> str:
+        """``function+0xoffset``, or the address in hex when it cannot be named."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        if i < 0 or not address:
+            return f"0x{address:x}"
+        return f"{self._names[i]}+0x{address - self._addresses[i]:x}"
+
+    def function(self, address: int) -> str | None:
+        """The function containing address, or None."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        return self._names[i] if i >= 0 and address else None

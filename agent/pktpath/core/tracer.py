@@ -1,0 +1,163 @@
+"""The tracing core: attach the probes for a filter and turn ring-buffer records into hops.
+
+Knows nothing of terminals or Kubernetes; the CLI and the agent call :meth:`Tracer.poll`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pktpath.core.errors import PktpathError
+from pktpath.core.event import DEFAULT_HOOKS, Counter, Hook, RawEvent, decode_event
+from pktpath.core.fate import Fate, FateJudge, Route
+from pktpath.core.filters import TraceFilter
+from pktpath.core.latency import SinceFirst
+from pktpath.core.loader import DEFAULT_RING_BYTES, LoadReport, Probes
+from pktpath.core.packet import Packet, decode, from_flow
+from pktpath.core.symbols import Symbols, drop_reasons
+
+MAX_BATCH = 8192  # records taken from the ring buffer per poll
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One packet seen on one interface at one hook (or freed, with its fate)."""
+
+    event: RawEvent
+    packet: Packet
+    fate: Fate | None = None
+    since_first_ns: int | None = None  # time since this packet's first hop
+    route: Route | None = None  # the routing decision that sent it out of this interface
+
+    @property
+    def hook(self) -> Hook | None:
+        """The hook, or None for a value this version does not know."""
+        try:
+            return Hook(self.event.hook)
+        except ValueError:
+            return None
+
+
+def hop_from_record(record: bytes, judge: FateJudge | None = None,
+                    since_first: SinceFirst | None = None) -> Hop | None:
+    """Decode one ring-buffer record into a hop; with a judge, frees get their fate.
+
+    An ICMP error the kernel sends and a routing lookup are not hops: the judge ties them to the
+    packet's next transmit or free.
+    """
+    event = decode_event(record)
+    packet = from_flow(event.data) if event.flow else decode(event.data, event.l2,
+                                                             event.protocol)
+    since = since_first(event, packet) if since_first is not None else None
+    if judge is None:
+        return Hop(event, packet, since_first_ns=since)
+    if event.hook in (Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP):
+        judge.route_lookup(event.cpu, event.time_ns, packet, event.location, event.reason,
+                           event.ifname, event.nexthop)
+        return None
+    if event.hook == Hook.ICMP_SEND:
+        judge.icmp_sent(event.skb, packet, event.reason, event.location)
+        return None
+    route = judge.route_of(event.cpu, event.time_ns, packet)
+    if event.hook == Hook.KFREE_SKB:
+        fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
+                           event.nexthop, route)
+        return Hop(event, packet, fate, since, route)
+    judge.observe(packet)
+    return Hop(event, packet, None, since,
+               route if event.hook == Hook.NET_DEV_QUEUE else None)
+
+
+class Tracer:
+    """Probes attached for one filter. Use as a context manager; read with :meth:`poll`."""
+
+    def __init__(
+        self,
+        trace_filter: TraceFilter,
+        *,
+        hooks: Iterable[Hook] = DEFAULT_HOOKS,
+        hook_type: str = "auto",
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        symbols: Symbols | None = None,
+        reasons: dict[int, str] | None = None,
+    ) -> None:
+        self.filter = trace_filter
+        # what the kernel calls its code addresses and drop reasons: shared between tracers
+        # (the agent's), else read by this one
+        self._symbols = symbols
+        self._reasons = reasons
+        cbpf = trace_filter.expression.table() if trace_filter.expression else b""
+        self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
+                              ring_bytes=ring_bytes, cbpf=cbpf)
+        self._pending: list[bytes] = []
+        self._rb = 0
+        self._judge: FateJudge | None = None
+        self._since_first = SinceFirst()
+
+    def __enter__(self) -> Tracer:
+        return self.open()
+
+    def open(self) -> Tracer:
+        """Load and attach (what entering the context does); close() undoes it."""
+        try:
+            self._probes.open()
+            self._rb = self._probes.ring_buffer(self._on_record)
+            reasons = self._reasons
+            if reasons is None:
+                reasons = drop_reasons(self._probes.libbpf)
+            self._judge = FateJudge(reasons, self._symbols)
+        except BaseException:
+            self._probes.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def report(self) -> LoadReport:
+        """Which hooks attached, with which program type."""
+        return self._probes.report
+
+    def _on_record(self, data: int, size: int) -> int:
+        self._pending.append(ctypes.string_at(data, size))
+        # a flood refills the ring as fast as it is read: stop at a batch, so memory stays
+        # bounded and the caller gets control back (libbpf keeps the record, returns this)
+        return -errno.E2BIG if len(self._pending) >= MAX_BATCH else 0
+
+    def poll(self, timeout_ms: int = 100) -> list[Hop]:
+        """The hops that arrive within timeout_ms (an empty list on a signal or time-out);
+        at most MAX_BATCH at a time."""
+        ret = self._probes.poll(self._rb, timeout_ms)
+        if ret < 0 and ret not in (-errno.EINTR, -errno.E2BIG):
+            raise PktpathError(f"reading the ring buffer failed: {errno.errorcode.get(-ret)}")
+        return self._take_pending()
+
+    def drain(self) -> list[Hop]:
+        """What is in the ring buffer (at most MAX_BATCH records), without waiting."""
+        self._probes.consume(self._rb)
+        return self._take_pending()
+
+    def _take_pending(self) -> list[Hop]:
+        batch, self._pending = self._pending, []
+        hops = (hop_from_record(record, self._judge, self._since_first) for record in batch)
+        return [hop for hop in hops if hop is not None]
+
+    def set_netns(self, inodes: Iterable[int]) -> None:
+        """Trace only these namespaces (the filter must have netns_set)."""
+        self._probes.set_netns(inodes)
+
+    def lost(self) -> int:
+        """Wanted packets the kernel could not deliver because the ring buffer was full."""
+        return self._probes.counters()[Counter.LOST]
+
+    def counters(self) -> dict[Counter, int]:
+        """The kernel-side counters."""
+        return self._probes.counters()
+
+    def close(self) -> None:
+        """Detach everything."""
+        self._probes.close()

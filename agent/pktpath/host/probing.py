@@ -1,0 +1,79 @@
+"""Probes sent from inside a network namespace, each recognisable by its own identity.
+
+ICMP echo requests carry an identifier and a sequence number; UDP datagrams and TCP SYNs come
+from their own source port. The tracer matches hops to probes by that identity, so other
+traffic never counts.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from pktpath.host.netns import socket_in
+from pktpath.host.pinger import echo_request
+
+
+@dataclass
+class Prober:
+    """Sends probe number 1, 2, ... from the namespace at netns_path to dst."""
+
+    netns_path: str
+    dst: str
+    protocol: str  # icmp, udp, tcp
+    port: int = 0
+    ident: int = 0  # ICMP identifier
+    sports: dict[int, int] = field(default_factory=dict)  # source port -> probe number
+    _icmp: socket.socket | None = None
+    _open: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def v6(self) -> bool:
+        """True when probing over IPv6."""
+        return ipaddress.ip_address(self.dst).version == 6
+
+    def send(self, number: int) -> None:
+        """Send probe number (1-based)."""
+        family = socket.AF_INET6 if self.v6 else socket.AF_INET
+        if self.protocol == "icmp":
+            if self._icmp is None:
+                proto = socket.IPPROTO_ICMPV6 if self.v6 else socket.IPPROTO_ICMP
+                self._icmp = socket_in(self.netns_path, family, socket.SOCK_RAW, proto)
+            self._icmp.sendto(echo_request(self.ident, number & 0xFFFF, self.v6), (self.dst, 0))
+            return
+        kind = socket.SOCK_DGRAM if self.protocol == "udp" else socket.SOCK_STREAM
+        sock = socket_in(self.netns_path, family, kind)
+        sock.setblocking(False)
+        sock.bind(("::" if self.v6 else "0.0.0.0", 0))
+        self.sports[sock.getsockname()[1]] = number
+        if self.protocol == "udp":
+            sock.sendto(b"pktpath probe", (self.dst, self.port))
+            sock.close()
+            return
+        err = sock.connect_ex((self.dst, self.port))  # the SYN leaves now
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            return
+        self._open.append(sock)  # closed later, so the kernel does not answer a SYN-ACK with RST
+
+    def probe_of(self, sport: int | None, dport: int | None, icmp_id: int | None,
+                 icmp_seq: int | None) -> tuple[int, str] | None:
+        """(probe number, "request" or "reply") of a packet that belongs to a probe."""
+        if self.protocol == "icmp":
+            if icmp_id == self.ident and icmp_seq is not None:
+                return icmp_seq, ""  # the direction comes from the ICMP type
+            return None
+        if sport in self.sports:
+            return self.sports[sport], "request"
+        if dport in self.sports:
+            return self.sports[dport], "reply"
+        return None
+
+    def close(self) -> None:
+        """Close every socket."""
+        for sock in [*self._open, *([self._icmp] if self._icmp else [])]:
+            sock.close()
+        self._open.clear()
+        self._icmp = None

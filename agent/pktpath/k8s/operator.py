@@ -1,0 +1,229 @@
+"""The agent's operator: kopf watches PacketTraces and hands each one to a session.
+
+Every node's agent handles the same PacketTrace, so kopf keeps no state in the object: the
+handler is a watching (``on.event``) handler (no progress or diff-base annotations, no
+finalizer), peering is off (standalone), and each agent writes only its own part of the status
+under its own field manager. An agent restarted mid-trace finds its part still Running and
+resumes it until the trace's timeout, or closes it if the timeout has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pktpath.core.errors import UsageError
+from pktpath.core.expression import compile_expression
+from pktpath.core.libbpf import Libbpf
+from pktpath.core.symbols import Symbols, drop_reasons
+from pktpath.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo
+from pktpath.k8s.metrics import Metrics, serve
+from pktpath.k8s.node_trace import AgentContext, TraceSession, manager, write_merged
+from pktpath.k8s.podmap import NodeNamespaces
+from pktpath.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
+from pktpath.k8s.status import STALE_AFTER, Ends, node_part, parse_time
+
+log = logging.getLogger("pktpath.agent")
+FINISHED = ("Succeeded", "Failed")
+
+
+class Agent:
+    """The traces of one node."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self.sessions: dict[str, TraceSession] = {}
+        self._lock = threading.Lock()
+        self._traces: dict[str, Mapping[str, Any]] = {}  # latest body by uid, for the reaper
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_event(self, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        """Handle one watch event of a PacketTrace."""
+        uid = body["metadata"]["uid"]
+        if event.get("type") == "DELETED":
+            self._traces.pop(uid, None)
+            with self._lock:
+                session = self.sessions.pop(uid, None)
+            if session:
+                session.stop()
+                log.info("trace %s deleted: stopped on node %s", _ref(body), self.ctx.node)
+            return
+        self._traces[uid] = body
+        with self._lock:
+            session = self.sessions.get(uid)
+            if session is not None:
+                if session.is_alive():
+                    session.observe(body)
+                return  # it ran here: this is a late event of a version older than its end
+        status = body.get("status") or {}
+        if status.get("phase") in FINISHED:
+            return
+        mine = next((p for p in status.get("nodes") or [] if p.get("node") == self.ctx.node), None)
+        if mine is not None and mine.get("phase") != "Running":
+            return  # this node is done with it
+        self._start(body, mine)
+
+    def _start(self, body: Mapping[str, Any], mine: Mapping[str, Any] | None) -> None:
+        meta = body["metadata"]
+        try:
+            spec = parse_spec(body.get("spec") or {}, meta["namespace"])
+            ends = self.resolve(spec)
+        except SpecError as exc:
+            if (body.get("status") or {}).get("phase") != "Failed":
+                log.info("trace %s is invalid: %s", _ref(body), exc)
+                write_merged(self.ctx, meta["namespace"], meta["name"], None, None, str(exc))
+                self.ctx.kube.event(body, "InvalidSpec", str(exc), "Warning")
+            return
+        if not self.concerns(ends):
+            return
+        if mine is not None:  # this agent restarted while the trace ran
+            started = parse_time((body.get("status") or {}).get("startTime")) or time.time()
+            if time.time() >= started + spec.timeout:
+                self._close_after_restart(body, mine)
+                return
+            log.info("resuming trace %s after a restart", _ref(body))
+        session = TraceSession(self.ctx, body, spec, ends, resume=mine)
+        with self._lock:
+            if meta["uid"] in self.sessions:
+                return  # running, or ran, in this process: never twice
+            self.sessions[meta["uid"]] = session
+        session.start()
+
+    def _close_after_restart(self, body: Mapping[str, Any], mine: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        part = node_part(self.ctx.node, "Done", list(mine.get("hops") or []),
+                         probes_sent=int(mine.get("probesSent", 0)),
+                         probes_done=bool(mine.get("probesDone")),
+                         message="the agent restarted after the trace's timeout")
+        self.ctx.kube.apply_status(meta["namespace"], meta["name"], {"nodes": [part]},
+                                   manager(self.ctx.node))
+        spec = parse_spec(body.get("spec") or {}, meta["namespace"])
+        write_merged(self.ctx, meta["namespace"], meta["name"], spec, self.resolve(spec))
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    def resolve(self, spec: TraceSpec) -> Ends:
+        """Addresses and pods of both ends; SpecError when one cannot be traced."""
+        source, source_ip = self._endpoint(spec.source, "source")
+        destination, destination_ip = self._endpoint(spec.destination, "destination")
+        if ipaddress.ip_address(source_ip).version != ipaddress.ip_address(destination_ip).version:
+            raise SpecError(f"source {source_ip} and destination {destination_ip} are not of "
+                            "the same IP family")
+        if spec.filter:
+            try:
+                compile_expression(spec.filter)
+            except UsageError as exc:
+                raise SpecError(f"spec.filter: {exc}") from None
+        if spec.probe_count and source is None:
+            raise SpecError("probes are sent from the source pod: give spec.source.pod, or "
+                            "omit spec.probe to only watch")
+        return Ends(source_ip, destination_ip, source, destination)
+
+    def _endpoint(self, end: Endpoint, what: str) -> tuple[PodInfo | None, str]:
+        if end.ip:
+            return self.ctx.kube.pod_with_ip(end.ip), end.ip
+        assert end.pod and end.namespace
+        pod = self.ctx.kube.get_pod(end.namespace, end.pod)
+        if pod is None:
+            raise SpecError(f"{what} pod {end.namespace}/{end.pod} does not exist")
+        if not pod.ips:
+            raise SpecError(f"{what} pod {pod.ref} has no IP yet")
+        if not pod.node:
+            raise SpecError(f"{what} pod {pod.ref} is not scheduled on a node yet")
+        return pod, pod.ips[0]
+
+    def concerns(self, ends: Ends) -> bool:
+        """True when this node may see the trace's packets."""
+        nodes = {ends.source_node, ends.destination_node}
+        return self.ctx.node in nodes or None in nodes  # an IP end: could be anywhere
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Fail traces whose nodes stopped reporting long after their timeout."""
+        now = time.time()
+        for body in list(self._traces.values()):
+            status = body.get("status") or {}
+            started = parse_time(status.get("startTime"))
+            if status.get("phase") != "Running" or started is None:
+                continue
+            try:
+                spec = parse_spec(body.get("spec") or {}, body["metadata"]["namespace"])
+                if now > started + spec.timeout + STALE_AFTER:
+                    write_merged(self.ctx, body["metadata"]["namespace"],
+                                 body["metadata"]["name"], spec, self.resolve(spec))
+            except Exception as exc:
+                log.warning("could not reap %s: %s", _ref(body), exc)
+
+    def stop_all(self) -> None:
+        """Stop every session (the agent is shutting down): programs detach with them."""
+        with self._lock:
+            sessions = list(self.sessions.values())
+            self.sessions.clear()
+        for session in sessions:
+            session.stop()
+        for session in sessions:
+            session.join(5)
+
+
+def _ref(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
+def run(node: str, host_netns: str, listen: str, hook_type: str = "auto") -> int:
+    """Run the agent until SIGINT or SIGTERM."""
+    import kopf
+
+    metrics = Metrics()
+    kube = Kube(errors=lambda: metrics.add("api_errors"))
+    ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type,
+                       Symbols(), drop_reasons(Libbpf()))
+    agent = Agent(ctx)
+    ready = threading.Event()
+    server = serve(listen, metrics, ready)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True  # every node's agent handles every trace
+        settings.scanning.disabled = True  # no CRD or namespace watching: no RBAC for them
+        settings.posting.enabled = False  # events are the agent's own, not kopf's logs
+        settings.watching.server_timeout = 300
+        settings.execution.max_workers = 8
+
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def on_trace(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        try:
+            agent.on_event(event, body)
+        except Exception:
+            metrics.add("api_errors")
+            log.exception("handling %s failed", _ref(body))
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        agent.stop_all()
+
+    stop_reaper = threading.Event()
+
+    def reaper() -> None:
+        while not stop_reaper.wait(5):
+            agent.reap()
+
+    threading.Thread(target=reaper, name="reaper", daemon=True).start()
+    log.info("pktpath agent starting on node %s (host netns %s)", node, host_netns)
+    try:
+        asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+                                  ready_flag=ready))
+    finally:
+        stop_reaper.set()
+        agent.stop_all()
+        server.shutdown()
+    return 0

@@ -1,0 +1,164 @@
+"""How hops are written: one text line, or one JSON object, per hop.
+
+Text: ``[netns name]        ifname what src -> dst`` (the inode where nothing names it). JSON
+keys are documented in README.md; a key is absent when it does not apply.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from pktpath.core.packet import Packet, tcp_flags_text
+from pktpath.core.tracer import Hop
+
+ICMP_ECHO = {(1, 8): "request", (1, 0): "reply", (58, 128): "request", (58, 129): "reply"}
+ICMP_TYPES = {
+    1: {3: "unreachable", 4: "source-quench", 5: "redirect", 11: "time-exceeded",
+        12: "parameter-problem", 13: "timestamp", 14: "timestamp-reply"},
+    58: {1: "unreachable", 2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem",
+         133: "router-solicitation", 134: "router-advertisement",
+         135: "neighbor-solicitation", 136: "neighbor-advertisement"},
+}
+ARP_OPS = {1: "request", 2: "reply"}
+
+
+def describe(p: Packet) -> str:
+    """What the packet is, after the interface column."""
+    if p.family == "arp":
+        if p.arp_op == 1:
+            return f"arp who-has {p.dst} tell {p.src}"
+        if p.arp_op == 2:
+            return f"arp reply {p.src} is-at {p.arp_sha}"
+        return f"arp op {p.arp_op} {p.src} -> {p.dst}"
+    if p.family is None:
+        return f"ethertype 0x{p.ethertype or 0:04x}"
+    if p.ip_proto in (1, 58) and p.icmp_type is not None:
+        echo = ICMP_ECHO.get((p.ip_proto, p.icmp_type))
+        if echo and p.icmp_id is not None and p.icmp_seq is not None:
+            return f"{echo:>7} #{p.icmp_id}.{p.icmp_seq:03d} {p.src} -> {p.dst}"
+        kind = ICMP_TYPES[p.ip_proto].get(p.icmp_type, f"type {p.icmp_type}")
+        return f"{p.proto} {kind} code {p.icmp_code} {p.src} -> {p.dst}"
+    if p.sport is not None and p.dport is not None:
+        src, dst = _endpoint(p.src, p.sport), _endpoint(p.dst, p.dport)
+        if p.ip_proto == 6 and p.tcp_flags is not None:
+            return f"tcp {src} -> {dst} [{tcp_flags_text(p.tcp_flags)}]"
+        return f"{p.proto} {src} -> {dst} len {p.payload_len}"
+    return f"{p.proto} {p.src} -> {p.dst}" + (" fragment" if p.fragment else "")
+
+
+def _endpoint(addr: str | None, port: int) -> str:
+    return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
+
+
+class Rewrites:
+    """Notices when a packet's addresses or ports change between two of its hops (NAT)."""
+
+    def __init__(self, memory: int = 4096) -> None:
+        self._last: OrderedDict[int, tuple[object, ...]] = OrderedDict()
+        self._memory = memory
+
+    def __call__(self, hop: Hop) -> str | None:
+        """``DNAT``, ``SNAT``, ``SNAT+DNAT``, or None when nothing changed."""
+        p = hop.packet
+        if not hop.event.packet or p.src is None:
+            return None
+        now = (p.src, p.sport, p.dst, p.dport)
+        before = self._last.get(hop.event.packet)
+        self._last[hop.event.packet] = now
+        self._last.move_to_end(hop.event.packet)
+        if len(self._last) > self._memory:
+            self._last.popitem(last=False)
+        if before is None or before == now:
+            return None
+        kinds = [kind for kind, a, b in (("SNAT", before[:2], now[:2]),
+                                         ("DNAT", before[2:], now[2:])) if a != b]
+        return "+".join(kinds)
+
+
+def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None,
+              netns_name: str | None = None) -> str:
+    """The hop as one line of text; a free ends with DROPPED (why) or delivered.
+
+    With latency, the time since the packet's first hop follows the addresses (+0.021ms); a
+    rewrite (``DNAT``) is marked after them, and an encapsulated packet shows its tunnel.
+    """
+    e = hop.event
+    line = f"[{netns_name or e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    tunnel = hop.packet.tunnel
+    if tunnel is not None:
+        line += f" (in {tunnel.type} vni {tunnel.vni} {tunnel.src} -> {tunnel.dst})"
+    if rewrite:
+        line += f"  {rewrite}"
+    if latency and hop.since_first_ns is not None:
+        line += f" +{hop.since_first_ns / 1e6:.3f}ms"
+    if hop.fate is not None:
+        if hop.fate.drop:
+            line += f"  DROPPED {hop.fate.reason}"
+        else:
+            line += "  delivered"
+        if hop.fate.explain:
+            line += f" ({hop.fate.explain})"
+    return line
+
+
+def json_object(hop: Hop, rewrite: str | None = None,
+                netns_name: str | None = None) -> dict[str, Any]:
+    """The hop as a JSON-ready dict (keys documented in README.md)."""
+    e, p = hop.event, hop.packet
+    obj: dict[str, Any] = {
+        "time_ns": e.time_ns,
+        "hook": hop.hook.tracepoint if hop.hook else f"hook-{e.hook}",
+        "netns": e.netns,
+        **({"netns_name": netns_name} if netns_name else {}),
+        "ifindex": e.ifindex,
+        "ifname": e.ifname,
+        "skb": f"0x{e.skb:016x}",
+        "packet": f"0x{e.packet:016x}",
+        "cpu": e.cpu,
+        "len": e.len,
+        "family": p.family or f"ethertype-0x{p.ethertype or e.protocol:04x}",
+    }
+    optional: dict[str, Any] = {
+        "eth_src": p.eth_src,
+        "eth_dst": p.eth_dst,
+        "vlan": (e.vlan_tci & 0x0FFF if e.vlan_tci is not None
+                 else (p.vlans[0] if p.vlans else None)),
+        "proto": p.proto,
+        "src": p.src,
+        "dst": p.dst,
+        "ttl": p.ttl,
+        "sport": p.sport,
+        "dport": p.dport,
+        "tcp_flags": tcp_flags_text(p.tcp_flags) if p.tcp_flags is not None else None,
+        "icmp_type": p.icmp_type,
+        "icmp_code": p.icmp_code,
+        "icmp_id": p.icmp_id,
+        "icmp_seq": p.icmp_seq,
+        "arp_op": ARP_OPS.get(p.arp_op, p.arp_op) if p.arp_op is not None else None,
+        "fragment": True if p.fragment else None,
+        "truncated": True if p.truncated else None,
+        "since_first_ns": hop.since_first_ns,
+        "rewrite": rewrite,
+        "tunnel": ({"type": p.tunnel.type, "vni": p.tunnel.vni, "src": p.tunnel.src,
+                    "dst": p.tunnel.dst} if p.tunnel else None),
+    }
+    if hop.route is not None:
+        r = hop.route
+        optional["route"] = {k: v for k, v in (("table", r.table), ("interface", r.interface),
+                                                ("gateway", r.gateway), ("error", r.error)) if v}
+    if hop.fate is not None:
+        optional.update(drop=hop.fate.drop, drop_reason=hop.fate.reason,
+                        location=hop.fate.location, explain=hop.fate.explain)
+        rule = hop.fate.nf_rule
+        if rule is not None:
+            optional["nf_rule"] = {"family": rule.family, "table": rule.table,
+                                   "chain": rule.chain, "handle": rule.handle,
+                                   "rule": rule.rule, "verdict": rule.verdict}
+        sent = hop.fate.icmp_sent
+        if sent is not None:
+            optional["icmp_sent"] = {"type": sent.type, "code": sent.code, "to": sent.to,
+                                     **({"mtu": sent.mtu} if sent.mtu else {}),
+                                     "text": sent.text}
+    obj.update((k, v) for k, v in optional.items() if v is not None)
+    return obj
