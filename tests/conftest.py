@@ -27,6 +27,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+# a test that uses one of these needs root, the kernel's BPF or the API server: it is marked
+# e2e, so `pytest -m "not e2e"` runs the unit tests alone, in seconds, as any user
+E2E_FIXTURES = {"e2e", "lab", "trace", "cluster", "agents"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs an end-to-end fixture as e2e."""
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def need(condition: bool, what: str) -> None:
     """Skip (or under CI fail) unless condition holds."""
     if not condition:

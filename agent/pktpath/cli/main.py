@@ -68,14 +68,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _size(text: str) -> int:
+def _ring_size(text: str) -> int:
+    """A ring buffer size (4M, 512k, 65536), checked before anything needs privilege."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     try:
-        if text[-1:].lower() in units:
-            return int(text[:-1]) * units[text[-1].lower()]
-        return int(text)
+        unit = units.get(text[-1:].lower(), 1)
+        size = int(text[:-1] if unit > 1 else text) * unit
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4M)") from None
+    if size < 4096 or size & (size - 1):
+        raise argparse.ArgumentTypeError(
+            f"ring buffer size {size} must be a power of two of at least 4096 bytes")
+    return size
 
 
 def _positive(text: str) -> int:
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(trace)
     trace.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
                        help="stop after N events")
-    trace.add_argument("--buffer-size", type=_size, default=DEFAULT_RING_BYTES, metavar="SIZE",
+    trace.add_argument("--buffer-size", type=_ring_size, default=DEFAULT_RING_BYTES, metavar="SIZE",
                        help="ring buffer size, a power of two (default 4M)")
     trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
                        help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
