@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pktpath.core.errors import UsageError
 from pktpath.core.event import Hook
-from pktpath.core.filters import TraceFilter, parse_host, parse_proto
+from pktpath.core.filters import TraceFilter, parse_host, probe_filter
 from pktpath.core.tracer import Hop, Tracer
 from pktpath.host.names import NetnsNames
 from pktpath.host.netns import Netns
@@ -24,7 +24,6 @@ from pktpath.view.mtr import Place, Table
 
 PING_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND,
               Hook.CONSUME_SKB)
-ECHO_REQUEST, ECHO_REPLY = (8, 128), (0, 129)
 
 
 def resolve_target(target: str) -> str:
@@ -42,9 +41,7 @@ def resolve_target(target: str) -> str:
 
 def ping_filter(target: str, protocol: str, port: int) -> TraceFilter:
     """The kernel filter for probes to target: its address, and the protocol (and port)."""
-    v6 = ipaddress.ip_address(target).version == 6
-    proto = {"icmp": "icmp6" if v6 else "icmp", "udp": "udp", "tcp": "tcp"}[protocol]
-    return TraceFilter(hosts=(parse_host(target),), proto=parse_proto(proto), port=port)
+    return probe_filter((parse_host(target),), protocol, port)
 
 
 @dataclass
@@ -107,18 +104,10 @@ class PingSession:
         """Count a hop when it belongs to one of our probes."""
         if hop.fate is not None and not hop.fate.drop:
             return  # delivered: the end of a path, not a place
-        p = hop.packet
-        found = self.prober.probe_of(p.sport, p.dport, p.icmp_id, p.icmp_seq)
+        found = self.prober.identify(hop.packet)
         if found is None:
             return
         probe, direction = found
-        if self.protocol == "icmp":
-            if p.icmp_type in ECHO_REQUEST:
-                direction = "request"
-            elif p.icmp_type in ECHO_REPLY:
-                direction = "reply"
-            else:
-                return
         e = hop.event
         place = Place(self.names(e.netns), e.ifname or "-", direction, e.netns)
         drop = hop.fate.reason if hop.fate is not None else None

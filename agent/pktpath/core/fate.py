@@ -205,7 +205,7 @@ class FateJudge:
 
     def observe(self, packet: Packet) -> None:
         """Remember an echo request seen on its way, as evidence for rule 2."""
-        if packet.icmp_type in (8, 128) and packet.icmp_id is not None:
+        if packet.echo == "request" and packet.icmp_id is not None:
             key = (packet.icmp_id, packet.icmp_seq or 0, packet.src, packet.dst)
             if len(self._requests) == self._requests.maxlen:
                 self._request_set.discard(self._requests[0])
@@ -269,7 +269,7 @@ class FateJudge:
         where = self.symbols.name(location)
         if name == "QUEUE_PURGE":
             return Fate(False, name, where, "a socket queue was purged (not a drop)")
-        if name == "NO_SOCKET" and packet.icmp_type in (0, 129) and packet.icmp_id is not None:
+        if name == "NO_SOCKET" and packet.echo == "reply" and packet.icmp_id is not None:
             asked = (packet.icmp_id, packet.icmp_seq or 0, packet.dst, packet.src)
             if asked in self._request_set:
                 return Fate(False, name, where,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from pktpath.core.errors import UsageError
 from pktpath.core.event import CONFIG_STRUCT, MAX_HOSTS, Proto
@@ -121,3 +122,13 @@ class TraceFilter:
         if self.netns:
             text += f" in netns {self.netns}"
         return text
+
+
+def probe_filter(addresses: tuple[IPAddress, ...], protocol: str, port: int = 0,
+                 **more: Any) -> TraceFilter:
+    """The filter for probes between addresses: ``protocol`` is icmp, udp or tcp as a user
+    names it, and icmp means ICMPv6 when the addresses are IPv6 (ping and the agent)."""
+    v6 = addresses[0].version == 6
+    proto = {"icmp": Proto.ICMP6 if v6 else Proto.ICMP, "udp": Proto.UDP,
+             "tcp": Proto.TCP}[protocol]
+    return TraceFilter(hosts=addresses, proto=proto, port=port, **more)

@@ -43,6 +43,10 @@ def _ip6(b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, b)
 
 
+# ICMP echo type numbers by IP protocol (1: ICMP, 58: ICMPv6): their one definition
+ECHO_REQUEST = {1: 8, 58: 128}
+ECHO_REPLY = {1: 0, 58: 129}
+
 VXLAN_PORTS = (4789, 8472)  # IANA's, and Linux's (and flannel's) default
 
 
@@ -85,6 +89,22 @@ class Packet:
     arp_sha: str | None = None
     truncated: bool = False
     tunnel: Tunnel | None = None  # set when the fields above describe an encapsulated packet
+
+    @property
+    def echo(self) -> str | None:
+        """``request`` or ``reply`` for an ICMP(v6) echo, else None."""
+        return echo_kind(self.ip_proto, self.icmp_type)
+
+
+def echo_kind(ip_proto: int | None, icmp_type: int | None) -> str | None:
+    """``request`` or ``reply`` when (ip_proto, icmp_type) is an ICMP(v6) echo, else None."""
+    if ip_proto is None or icmp_type is None:
+        return None
+    if ECHO_REQUEST.get(ip_proto) == icmp_type:
+        return "request"
+    if ECHO_REPLY.get(ip_proto) == icmp_type:
+        return "reply"
+    return None
 
 
 def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
@@ -189,7 +209,7 @@ def _upper(data: bytes, offset: int, proto: int, out: dict[str, object]) -> None
     if proto in (1, 58):
         icmp = _take(data, offset, 4)
         out["icmp_type"], out["icmp_code"] = icmp[0], icmp[1]
-        if _is_echo(proto, icmp[0]):
+        if echo_kind(proto, icmp[0]):
             echo = _take(data, offset + 4, 4)
             out["icmp_id"], out["icmp_seq"] = struct.unpack(">HH", echo)
     elif proto == 6:
@@ -206,10 +226,6 @@ def _upper(data: bytes, offset: int, proto: int, out: dict[str, object]) -> None
         vxlan = data[offset + 8:offset + 16]
         if out["dport"] in VXLAN_PORTS and len(vxlan) == 8 and vxlan[0] & 0x08:
             out["_inner"] = offset + 8
-
-
-def _is_echo(proto: int, icmp_type: int) -> bool:
-    return icmp_type in ((8, 0) if proto == 1 else (128, 129))
 
 
 def _arp(data: bytes, offset: int, out: dict[str, object]) -> None:

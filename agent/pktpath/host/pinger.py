@@ -10,10 +10,8 @@ import struct
 import threading
 import time
 
+from pktpath.core.packet import ECHO_REPLY, ECHO_REQUEST
 from pktpath.host.netns import socket_in
-
-ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
-ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 
 
 def checksum(data: bytes) -> int:
@@ -28,7 +26,7 @@ def checksum(data: bytes) -> int:
 
 def echo_request(ident: int, seq: int, v6: bool, payload: bytes = b"pktpath" * 8) -> bytes:
     """An ICMP (or ICMPv6) echo request; the kernel fills in the ICMPv6 checksum."""
-    kind = ICMP6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST
+    kind = ECHO_REQUEST[58 if v6 else 1]
     header = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
     if v6:
         return header + payload
@@ -61,7 +59,7 @@ def ping(netns_path: str, dst: str, count: int, *, interval: float = 0.2, timeou
 def _wait_reply(sock: socket.socket, ident: int, seq: int, v6: bool, sent: float,
                 timeout: float) -> float | None:
     deadline = sent + timeout
-    reply = ICMP6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY
+    reply = ECHO_REPLY[58 if v6 else 1]
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([sock], [], [], left)
         if not ready:

@@ -10,10 +10,31 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pktpath.core.packet import Packet
 from pktpath.host.netns import socket_in
 from pktpath.host.pinger import echo_request
+
+
+def probe_identity(packet: Packet, protocol: str, icmp_ident: int,
+                   sports: Mapping[int, int]) -> tuple[int, str] | None:
+    """(probe number, "request" or "reply") of a packet that is one of our probes or its
+    answer, else None: the one rule that ties a hop to a probe (ping and the agent).
+
+    ICMP probes are echo requests with our identifier, numbered by their sequence; UDP and
+    TCP probes are numbered by their source port (sports: source port -> probe number).
+    """
+    if protocol == "icmp":
+        if packet.icmp_id == icmp_ident and packet.icmp_seq is not None and packet.echo:
+            return packet.icmp_seq, packet.echo
+        return None
+    if packet.sport is not None and packet.sport in sports:
+        return sports[packet.sport], "request"
+    if packet.dport is not None and packet.dport in sports:
+        return sports[packet.dport], "reply"
+    return None
 
 
 @dataclass
@@ -58,18 +79,9 @@ class Prober:
             return
         self._open.append(sock)  # closed later, so the kernel does not answer a SYN-ACK with RST
 
-    def probe_of(self, sport: int | None, dport: int | None, icmp_id: int | None,
-                 icmp_seq: int | None) -> tuple[int, str] | None:
-        """(probe number, "request" or "reply") of a packet that belongs to a probe."""
-        if self.protocol == "icmp":
-            if icmp_id == self.ident and icmp_seq is not None:
-                return icmp_seq, ""  # the direction comes from the ICMP type
-            return None
-        if sport in self.sports:
-            return self.sports[sport], "request"
-        if dport in self.sports:
-            return self.sports[dport], "reply"
-        return None
+    def identify(self, packet: Packet) -> tuple[int, str] | None:
+        """(probe number, "request" or "reply") of a packet of these probes, else None."""
+        return probe_identity(packet, self.protocol, self.ident, self.sports)
 
     def close(self) -> None:
         """Close every socket."""

@@ -20,12 +20,11 @@ from typing import Any, Protocol
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from pktpath.core.event import Proto
 from pktpath.core.expression import compile_expression
-from pktpath.core.filters import TraceFilter
+from pktpath.core.filters import TraceFilter, probe_filter
 from pktpath.core.symbols import Symbols
 from pktpath.core.tracer import Hop, Tracer
-from pktpath.host.probing import Prober
+from pktpath.host.probing import Prober, probe_identity
 from pktpath.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import TraceSpec
@@ -39,8 +38,6 @@ GRACE = 1.0  # seconds a non-probing node keeps tracing after the probes are don
 REFRESH_EVERY = 2.0  # seconds between looks for new pods on this node
 SESSION_RING_BYTES = 1 << 20  # a trace's filter is narrow: 1 MiB holds ~2700 events
 FINAL_RETRY_SECONDS = 300.0  # how long the last status write is retried while the API is away
-ECHO_REQUEST = {8, 128}
-ECHO_REPLY = {0, 129}
 
 
 class Counters(Protocol):
@@ -150,12 +147,9 @@ class TraceSession(threading.Thread):
     def _filter(self) -> TraceFilter:
         hosts = tuple(ipaddress.ip_address(ip) for ip in
                       {self.ends.source_ip, self.ends.destination_ip})
-        v6 = hosts[0].version == 6
-        proto = {"icmp": Proto.ICMP6 if v6 else Proto.ICMP, "tcp": Proto.TCP,
-                 "udp": Proto.UDP}[self.spec.protocol]
         expression = compile_expression(self.spec.filter) if self.spec.filter else None
-        return TraceFilter(hosts=hosts, proto=proto, port=self.spec.port, netns_set=True,
-                           expression=expression)
+        return probe_filter(hosts, self.spec.protocol, self.spec.port, netns_set=True,
+                            expression=expression)
 
     def _run(self) -> None:
         ctx = self.ctx
@@ -316,15 +310,12 @@ class TraceSession(threading.Thread):
             direction = "reply"
         else:
             return None
-        if self.spec.probe_count:
-            if self.spec.protocol == "icmp":
-                echo = ECHO_REQUEST if direction == "request" else ECHO_REPLY
-                if p.icmp_type in echo and p.icmp_id == self.icmp_ident and p.icmp_seq:
-                    return p.icmp_seq, direction
-                return None
-            if self.prober is not None:  # this node sends the probes: match source ports
-                found = self.prober.probe_of(p.sport, p.dport, None, None)
-                return (found[0], direction) if found else None
+        if self.spec.probe_count and (self.spec.protocol == "icmp" or self.prober is not None):
+            # ICMP probes are known anywhere by identifier; UDP/TCP ones by source port, which
+            # only the sending node knows
+            sports = self.prober.sports if self.prober is not None else {}
+            found = probe_identity(p, self.spec.protocol, self.icmp_ident, sports)
+            return found if found is not None and found[1] == direction else None
         if p.icmp_seq is not None:
             return p.icmp_seq, direction
         flow = (p.proto, *sorted([(p.src, p.sport), (p.dst, p.dport)], key=str))

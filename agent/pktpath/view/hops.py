@@ -12,7 +12,6 @@ from typing import Any
 from pktpath.core.packet import Packet, tcp_flags_text
 from pktpath.core.tracer import Hop
 
-ICMP_ECHO = {(1, 8): "request", (1, 0): "reply", (58, 128): "request", (58, 129): "reply"}
 ICMP_TYPES = {
     1: {3: "unreachable", 4: "source-quench", 5: "redirect", 11: "time-exceeded",
         12: "parameter-problem", 13: "timestamp", 14: "timestamp-reply"},
@@ -34,7 +33,7 @@ def describe(p: Packet) -> str:
     if p.family is None:
         return f"ethertype 0x{p.ethertype or 0:04x}"
     if p.ip_proto in (1, 58) and p.icmp_type is not None:
-        echo = ICMP_ECHO.get((p.ip_proto, p.icmp_type))
+        echo = p.echo
         if echo and p.icmp_id is not None and p.icmp_seq is not None:
             return f"{echo:>7} #{p.icmp_id}.{p.icmp_seq:03d} {p.src} -> {p.dst}"
         kind = ICMP_TYPES[p.ip_proto].get(p.icmp_type, f"type {p.icmp_type}")
