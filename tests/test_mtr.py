@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import io
 
+from pktpath.core.hopstats import Place, Table
 from pktpath.k8s.kubectl_plugin import endpoint, table_of
 from pktpath.view.diagram import Stop, draw
-from pktpath.view.mtr import Place, Table, report_csv, report_json, report_text, vanish_index
+from pktpath.view.mtr import report_csv, report_json, report_text, vanish_index
 
 A = Place("host", "docker0", "request", 1)
 B = Place("ctr", "eth0", "request", 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 from pktpath.core.event import EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
@@ -74,3 +75,19 @@ def test_vxlan_is_decoded_both_ways() -> None:
     assert (obj["proto"], obj["icmp_type"], obj["src"], obj["dst"]) == (
         "icmp", 8, "10.200.0.1", "10.200.0.2")
     assert obj["tunnel"] == {"type": "vxlan", "vni": 1, "src": "10.200.0.1", "dst": "10.200.0.2"}
+
+
+def test_a_status_hop_is_the_json_object_through_the_key_map() -> None:
+    from pktpath.core.fate import Fate
+    from pktpath.view.hops import status_object
+
+    hop = hop_from_record(record(eth(0x0800) + ipv4(1, ECHO), netns=4026532258, ifname="eth0",
+                                 hook=Hook.KFREE_SKB))
+    dropped = dataclasses.replace(hop, fate=Fate(True, "NETFILTER_DROP", "nf_hook_slow",
+                                                 "netfilter, ip family, input hook"))
+    assert status_object(dropped, "shop/db-1") == {
+        "netns": "shop/db-1", "netnsInode": 4026532258, "interface": "eth0",
+        "hook": "kfree_skb", "drop": True, "dropReason": "NETFILTER_DROP",
+        "location": "nf_hook_slow", "explain": "netfilter, ip family, input hook"}
+    assert status_object(hop, "node-a") == {"netns": "node-a", "netnsInode": 4026532258,
+                                            "interface": "eth0", "hook": "kfree_skb"}

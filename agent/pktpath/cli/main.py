@@ -16,9 +16,9 @@ from typing import NoReturn, TextIO
 from pktpath import __version__
 from pktpath.cli.stream import announce, message, run, stop_on_signals
 from pktpath.core.errors import EXIT_USAGE, PktpathError, UsageError
-from pktpath.core.event import Hook
 from pktpath.core.expression import compile_expression
 from pktpath.core.filters import TraceFilter, parse_host, parse_port, parse_proto
+from pktpath.core.hooks import FLAGS, select_hooks
 from pktpath.core.loader import DEFAULT_RING_BYTES
 from pktpath.core.tracer import Hop, Tracer
 from pktpath.host import netns
@@ -228,13 +228,7 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.nf_trace:
         require_network_admin("--nf-trace")
     stop = threading.Event()
-    hooks = [Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB]
-    if not args.no_drops:
-        hooks += [Hook.KFREE_SKB, Hook.ICMP_SEND]
-    if not args.no_track:
-        hooks.append(Hook.CONSUME_SKB)
-    if args.routes:
-        hooks += [Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP]
+    hooks = select_hooks({flag for flag in FLAGS if getattr(args, flag[2:].replace("-", "_"))})
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
     names = NetnsNames()
     pcap = open_private(args.write) if args.write else None

@@ -8,7 +8,7 @@ import json
 import threading
 from typing import TextIO
 
-from pktpath.cli.ping_session import PING_HOOKS, PingSession, ping_filter, resolve_target
+from pktpath.cli.ping_session import PingSession, ping_filter, resolve_target
 from pktpath.cli.stream import announce, message, stop_on_signals
 from pktpath.core.errors import UsageError
 from pktpath.core.filters import parse_port
@@ -54,7 +54,7 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stop = threading.Event()
     start = datetime.datetime.now(datetime.UTC).astimezone()
     with stop_on_signals(stop), Tracer(ping_filter(target, protocol, port),
-                                       hooks=PING_HOOKS, hook_type=args.hook_type) as tracer:
+                                       hook_type=args.hook_type) as tracer:
         session = PingSession(tracer, source, target, protocol, port, count,
                               args.interval, args.timeout, names)
         try:

@@ -14,16 +14,12 @@ import time
 from dataclasses import dataclass, field
 
 from pktpath.core.errors import UsageError
-from pktpath.core.event import Hook
 from pktpath.core.filters import TraceFilter, parse_host, probe_filter
+from pktpath.core.hopstats import Place, Table
 from pktpath.core.tracer import Hop, Tracer
 from pktpath.host.names import NetnsNames
 from pktpath.host.netns import Netns
 from pktpath.host.probing import Prober
-from pktpath.view.mtr import Place, Table
-
-PING_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND,
-              Hook.CONSUME_SKB)
 
 
 def resolve_target(target: str) -> str:

@@ -15,20 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
+from pktpath.core.hooks import without
 from pktpath.core.tracer import MAX_BATCH, Hop, Tracer
 from pktpath.view.hops import Rewrites, json_object, text_line
 
 LOSS_CHECK_SECONDS = 1.0
 DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
-WITHOUT = {  # what is missing from the output when a hook cannot attach
-    "net_dev_queue": "transmits are not shown",
-    "netif_receive_skb": "receives are not shown",
-    "kfree_skb": "drops are not shown",
-    "icmp_send": "ICMP errors the kernel sends are not named",
-    "consume_skb": "a tracked packet's identity may be reused sooner",
-    "fib_table_lookup": "IPv4 routes are not shown",
-    "fib6_table_lookup": "IPv6 routes are not shown",
-}
 
 
 @dataclass
@@ -52,7 +44,7 @@ def announce(tracer: Tracer, err: TextIO) -> None:
         message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
     for status in report.hooks:
         if status.error:
-            missing = WITHOUT.get(status.hook.tracepoint)
+            missing = without(status.hook)
             message(err, "; ".join(filter(None, (
                 f"hook {status.hook.tracepoint} not attached ({status.error})", missing,
                 "the other hooks keep working"))))

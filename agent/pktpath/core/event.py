@@ -34,13 +34,6 @@ class Hook(enum.IntEnum):
         return self.name.lower()
 
 
-# What `trace` attaches by default: the path, drops, the kernel's ICMP errors, and frees after
-# use (they end the tracking of a packet). Routing lookups run once per table per packet, so
-# they are opt-in (`--routes`).
-DEFAULT_HOOKS = (Hook.NET_DEV_QUEUE, Hook.NETIF_RECEIVE_SKB, Hook.KFREE_SKB, Hook.ICMP_SEND,
-                 Hook.CONSUME_SKB)
-
-
 class EventFlag(enum.IntFlag):
     """pktpath_event.flags (enum pktpath_event_flag)."""
 

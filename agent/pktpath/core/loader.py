@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import CONFIG_STRUCT, DEFAULT_HOOKS, Counter, Hook
+from pktpath.core.event import CONFIG_STRUCT, Counter, Hook
 from pktpath.core.expression import INSN
+from pktpath.core.hooks import DEFAULT_HOOKS
 from pktpath.core.libbpf import Libbpf, LibbpfError
 
 HOOK_TYPES = ("tp_btf", "raw_tp")

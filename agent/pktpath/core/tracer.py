@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import DEFAULT_HOOKS, Counter, Hook, RawEvent, decode_event
+from pktpath.core.event import Counter, Hook, RawEvent, decode_event
 from pktpath.core.fate import Fate, FateJudge, Route
 from pktpath.core.filters import TraceFilter
+from pktpath.core.hooks import DEFAULT_HOOKS
 from pktpath.core.latency import SinceFirst
 from pktpath.core.loader import DEFAULT_RING_BYTES, LoadReport, Probes
 from pktpath.core.packet import Packet, decode, from_flow

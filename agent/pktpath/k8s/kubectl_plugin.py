@@ -16,8 +16,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn, TextIO
 
+from pktpath.core.hopstats import Table
+from pktpath.k8s.status import table_of
 from pktpath.view.diagram import diagram_of
-from pktpath.view.mtr import Place, Table, report_text
+from pktpath.view.mtr import report_text
 
 GROUP, VERSION, PLURAL = "pktpath.dev", "v1alpha1", "packettraces"
 EXAMPLES = """\
@@ -90,27 +92,6 @@ def packet_trace(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PacketTrace",
             "metadata": {"generateName": f"pktpath-{base}-"[:50], "namespace": namespace},
             "spec": spec}
-
-
-def table_of(status: Mapping[str, Any]) -> Table:
-    """The mtr table of a PacketTrace status: latency is the time since the probe's first hop."""
-    table = Table()
-    sent = sum(int(part.get("probesSent", 0)) for part in status.get("nodes") or [])
-    by_probe: dict[int, list[Mapping[str, Any]]] = {}
-    for part in status.get("nodes") or []:
-        for hop in part.get("hops") or []:
-            by_probe.setdefault(int(hop.get("probe", 0)), []).append(hop)
-    for probe in range(1, max([sent, *by_probe]) + 1):
-        table.probe_sent(probe, 0)
-    for probe, hops in by_probe.items():
-        first = min(h["timeNs"] for h in hops)
-        for hop in hops:
-            place = Place(hop.get("netns", "?"), hop.get("interface", "-"),
-                          hop.get("direction", "?"), int(hop.get("netnsInode", 0)),
-                          hop.get("node", ""))
-            table.seen(probe, place, hop["timeNs"] - first, drop_reason=hop.get("dropReason"),
-                       explain=hop.get("explain", ""))
-    return table
 
 
 def follow(api: Any, namespace: str, name: str, out: TextIO, live: bool,

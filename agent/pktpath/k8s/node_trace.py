@@ -29,6 +29,7 @@ from pktpath.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import TraceSpec
 from pktpath.k8s.status import Ends, merge, node_part, parse_time
+from pktpath.view.hops import status_object
 
 log = logging.getLogger("pktpath.agent")
 
@@ -285,13 +286,9 @@ class TraceSession(threading.Thread):
         if hop.fate is not None and not hop.fate.drop:
             return False  # a free that is part of delivery: not a hop
         self.hops.append({
-            "node": place.node, **({"pod": place.pod} if place.pod else {}), "netns": place.netns,
-            "netnsInode": place.inode, "interface": hop.event.ifname, "direction": direction,
-            "hook": hop.hook.tracepoint if hop.hook else str(hop.event.hook), "probe": probe,
+            "node": place.node, **({"pod": place.pod} if place.pod else {}),
+            **status_object(hop, place.netns), "direction": direction, "probe": probe,
             "timeNs": hop.event.time_ns + self._clock_offset,
-            **({"drop": True, "dropReason": hop.fate.reason, "location": hop.fate.location,
-                **({"explain": hop.fate.explain} if hop.fate.explain else {})}
-               if hop.fate else {}),
         })
         if hop.fate and not self._drop_reported:
             self._drop_reported = True

@@ -11,12 +11,12 @@ node's offset to CLOCK_REALTIME), so they are as good as the nodes' clock synchr
 from __future__ import annotations
 
 import datetime
-import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pktpath.core.hopstats import Place, Table
 from pktpath.k8s.kube import PodInfo, now_rfc3339
 from pktpath.k8s.spec import TraceSpec
 
@@ -144,7 +144,7 @@ def merge(body: Mapping[str, Any], spec: TraceSpec | None, ends: Ends | None,
     sent = sum(int(p.get("probesSent", 0)) for p in parts)
     out["path"] = path
     out["hops"] = len(path)
-    out["summary"] = _summary(path, ordered, sent or len(ordered))
+    out["summary"] = _summary(path, table_of(status))
     out["result"] = _result(spec, ends, ordered, path, sent)
 
     if failures:
@@ -166,21 +166,45 @@ def merge(body: Mapping[str, Any], spec: TraceSpec | None, ends: Ends | None,
     return Merged(out, finished)
 
 
-def _summary(path: list[dict[str, Any]], ordered: Mapping[int, list[dict[str, Any]]],
-             sent: int) -> list[dict[str, Any]]:
+def table_of(status: Mapping[str, Any]) -> Table:
+    """The mtr table of a PacketTrace status: latency is the time since the probe's first hop."""
+    table = Table()
+    sent = sum(int(part.get("probesSent", 0)) for part in status.get("nodes") or [])
+    by_probe: dict[int, list[Mapping[str, Any]]] = {}
+    for part in status.get("nodes") or []:
+        for hop in part.get("hops") or []:
+            by_probe.setdefault(int(hop.get("probe", 0)), []).append(hop)
+    for probe in range(1, max([sent, *by_probe]) + 1):
+        table.probe_sent(probe, 0)
+    for probe, hops in by_probe.items():
+        first = min(h["timeNs"] for h in hops)
+        for hop in hops:
+            table.seen(probe, _place(hop), hop["timeNs"] - first, drop_reason=hop.get("dropReason"),
+                       explain=hop.get("explain", ""))
+    return table
+
+
+def _place(hop: Mapping[str, Any]) -> Place:
+    return Place(hop.get("netns", "?"), hop.get("interface", "-"), hop.get("direction", "?"),
+                 int(hop.get("netnsInode", 0)), hop.get("node", ""))
+
+
+def _summary(path: list[dict[str, Any]], table: Table) -> list[dict[str, Any]]:
+    """mtr's columns per hop of the path, from the statistics table kubectl pktpath shows."""
     rows = []
     for number, hop in enumerate(path, 1):
-        times = [h["sinceNs"] for hops in ordered.values() for h in hops
-                 if _position(h) == _position(hop)]
-        seen = len(times)
+        row = table.rows.get(_place(hop))
+        if row is None:
+            continue
+        stats = row.stats(table.due(None), table.sent)
+        seen = len(row.times)
+        times = {column: duration_text(round(stats[ms] * 1e6)) if seen else ""
+                 for column, ms in (("avg", "Avg"), ("best", "Best"), ("worst", "Wrst"))}
         rows.append({
             "hop": number, "node": hop["node"], "netns": hop["netns"],
             "interface": hop["interface"], "direction": hop["direction"],
-            "seen": seen, "sent": max(sent, seen),
-            "loss": f"{100 * (1 - seen / max(sent, seen, 1)):.1f}%",
-            "avg": duration_text(int(statistics.mean(times))) if times else "",
-            "best": duration_text(min(times)) if times else "",
-            "worst": duration_text(max(times)) if times else "",
+            "seen": seen, "sent": max(stats["Snt"], seen), "loss": f"{stats['Loss%']:.1f}%",
+            **times,
         })
     return rows
 

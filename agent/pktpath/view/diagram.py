@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pktpath.core.hopstats import Table
 from pktpath.core.tracer import Hop
-from pktpath.view.mtr import Table
 
 ARROW = 6  # " ---> " between two interfaces
 

@@ -101,6 +101,20 @@ def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None,
     return line
 
 
+# The PacketTrace status carries some of a hop's JSON keys, named as Kubernetes spells them:
+# a status hop is the JSON object through this map (plus where and which probe), never a
+# second serialiser
+STATUS_KEYS = {"netns_name": "netns", "netns": "netnsInode", "ifname": "interface",
+               "hook": "hook", "drop": "drop", "drop_reason": "dropReason",
+               "location": "location", "explain": "explain"}
+
+
+def status_object(hop: Hop, netns_name: str) -> dict[str, Any]:
+    """The hop's keys of a PacketTrace status hop (:data:`STATUS_KEYS`)."""
+    obj = json_object(hop, netns_name=netns_name)
+    return {STATUS_KEYS[key]: value for key, value in obj.items() if key in STATUS_KEYS}
+
+
 def json_object(hop: Hop, rewrite: str | None = None,
                 netns_name: str | None = None) -> dict[str, Any]:
     """The hop as a JSON-ready dict (keys documented in README.md)."""

@@ -20,7 +20,8 @@ from typing import TextIO
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from pktpath.view.mtr import COLUMNS, Table, vanish_index
+from pktpath.core.hopstats import COLUMNS, Table
+from pktpath.view.mtr import vanish_index
 
 REFRESH_SECONDS = 0.25
 

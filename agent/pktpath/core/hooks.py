@@ -1,0 +1,58 @@
+"""The hook table: every tracepoint pktpath attaches, whether it is on by default, the flag
+that turns it off (or on), and what the output lacks when the kernel refuses it.
+
+The hook lists of ``trace``, ``ping`` and the agent, the ``trace`` flags that choose hooks and
+the one-line notice for a hook that did not attach are all derived from :data:`HOOKS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from pktpath.core.event import Hook
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One hook: its tracepoint, default, choosing flag and what is missing without it."""
+
+    hook: Hook
+    default: bool  # attached unless its flag says otherwise
+    flag: str | None  # the trace flag that turns it off (default) or on (opt-in); None: always
+    without: str  # what the output lacks when the hook cannot attach
+
+    @property
+    def tracepoint(self) -> str:
+        """The tracepoint's name (net_dev_queue, kfree_skb, ...)."""
+        return self.hook.tracepoint
+
+
+HOOKS = (
+    HookSpec(Hook.NET_DEV_QUEUE, True, None, "transmits are not shown"),
+    HookSpec(Hook.NETIF_RECEIVE_SKB, True, None, "receives are not shown"),
+    HookSpec(Hook.KFREE_SKB, True, "--no-drops", "drops are not shown"),
+    HookSpec(Hook.ICMP_SEND, True, "--no-drops", "ICMP errors the kernel sends are not named"),
+    # frees after use end the tracking of a packet
+    HookSpec(Hook.CONSUME_SKB, True, "--no-track",
+             "a tracked packet's identity may be reused sooner"),
+    # routing lookups run once per table per packet: opt-in
+    HookSpec(Hook.FIB_TABLE_LOOKUP, False, "--routes", "IPv4 routes are not shown"),
+    HookSpec(Hook.FIB6_TABLE_LOOKUP, False, "--routes", "IPv6 routes are not shown"),
+)
+BY_HOOK = {spec.hook: spec for spec in HOOKS}
+FLAGS = tuple(dict.fromkeys(spec.flag for spec in HOOKS if spec.flag))
+
+
+def select_hooks(flags: Collection[str] = ()) -> tuple[Hook, ...]:
+    """The hooks to attach when the given flags (of :data:`FLAGS`) were set: the defaults,
+    less those a flag turns off, plus the opt-in hooks a flag turns on."""
+    return tuple(spec.hook for spec in HOOKS if spec.default != (spec.flag in flags))
+
+
+DEFAULT_HOOKS = select_hooks()
+
+
+def without(hook: Hook) -> str:
+    """What the output lacks when hook cannot attach."""
+    return BY_HOOK[hook].without
