@@ -23,10 +23,10 @@ def judge() -> FateJudge:
     return FateJudge(REASONS, FakeSymbols())
 
 
-REQUEST = Packet(family="ipv4", src="10.0.0.1", dst="10.0.0.2", icmp_type=8, icmp_id=7,
-                 icmp_seq=1)
-REPLY = Packet(family="ipv4", src="10.0.0.2", dst="10.0.0.1", icmp_type=0, icmp_id=7,
-               icmp_seq=1)
+REQUEST = Packet(family="ipv4", src="10.0.0.1", dst="10.0.0.2", ip_proto=1, icmp_type=8,
+                 icmp_id=7, icmp_seq=1)
+REPLY = Packet(family="ipv4", src="10.0.0.2", dst="10.0.0.1", ip_proto=1, icmp_type=0,
+               icmp_id=7, icmp_seq=1)
 
 
 def test_reply_whose_request_was_seen_is_delivered() -> None:
@@ -63,7 +63,8 @@ def test_evidence_memory_is_bounded() -> None:
     j = FateJudge(REASONS, FakeSymbols(), memory=2)
     j.observe(REQUEST)
     for seq in (2, 3):
-        j.observe(Packet(src="10.0.0.1", dst="10.0.0.2", icmp_type=8, icmp_id=7, icmp_seq=seq))
+        j.observe(Packet(src="10.0.0.1", dst="10.0.0.2", ip_proto=1, icmp_type=8, icmp_id=7,
+                         icmp_seq=seq))
     assert j.judge(REPLY, 3, 0, ()).drop is True, "the oldest evidence was forgotten"
 
 

@@ -64,10 +64,7 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 announce(tracer, err)
                 message(err, f"sending {count} {protocol} probes from {src_label} to {target}, "
                              f"every {args.interval:g}s")
-                while not stop.is_set() and not session.finished:
-                    session.step()
-            for hop in tracer.drain():
-                session.add(hop)
+                tracer.follow(stop, session.add, lambda: _tick(session, stop, 100))
             lost = tracer.lost()
         finally:
             session.close()
@@ -86,8 +83,15 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _tick(session: PingSession, stop: threading.Event, wait_ms: int) -> int:
+    """Between two reads: stop once the last probe's time-out passed, else send what is due."""
+    if session.finished:
+        stop.set()
+    return session.tick(wait_ms)
+
+
 def _live(session: PingSession, stop: threading.Event, out: TextIO, src_label: str) -> None:
-    from pktpath.view.live import run_live
+    from pktpath.view.live import live_table
 
     def on_key(key: str) -> None:
         if key in "qQ":
@@ -103,5 +107,10 @@ def _live(session: PingSession, stop: threading.Event, out: TextIO, src_label: s
                 "   keys: q quit, p pause, r reset")
 
     title = f"pktpath ping {src_label} -> {session.target} ({session.protocol})"
-    run_live(lambda: session.step(50), session.table, title, status, on_key=on_key,
-             finished=lambda: session.finished, stop=stop, out=out)
+    with live_table(session.table, title, status, on_key=on_key, out=out) as refresh:
+
+        def tick() -> int:
+            refresh()
+            return _tick(session, stop, 50)
+
+        session.tracer.follow(stop, session.add, tick)

@@ -1,8 +1,9 @@
 """``pktpath ping``: send probes of our own, trace only them, count where each was seen.
 
 A :class:`PingSession` sends a probe every interval and turns the hops of its probes (known by
-their ICMP id/sequence or source port) into a :class:`~pktpath.view.mtr.Table`; the live view
-and the report both drive it with :meth:`PingSession.step`.
+their ICMP id/sequence or source port) into a :class:`~pktpath.core.hopstats.Table`; the live
+view and the report both run the tracer's read loop with :meth:`PingSession.tick` between reads
+and :meth:`PingSession.add` for each hop.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class PingSession:
         """All probes sent and the last one's time-out passed."""
         return self.sending_done and time.monotonic() - self._last_sent >= self.timeout
 
-    def step(self, timeout_ms: int = 50) -> None:
-        """Send a probe when one is due, then read the hops that arrive within timeout_ms."""
+    def tick(self, timeout_ms: int = 50) -> int:
+        """Send a probe when one is due; how long (ms, at most timeout_ms) the next read of the
+        ring buffer may wait before the next probe is due."""
         now = time.monotonic()
         if not self.paused and not self.sending_done and now >= self._next_send:
             number = self.next_probe
@@ -90,11 +92,9 @@ class PingSession:
             self.next_probe += 1
             self._last_sent = now
             self._next_send = now + self.interval
-        wait = timeout_ms
-        if not self.paused and not self.sending_done:  # wake up for the next probe
-            wait = max(0, min(timeout_ms, int((self._next_send - time.monotonic()) * 1000)))
-        for hop in self.tracer.poll(wait):
-            self.add(hop)
+        if self.paused or self.sending_done:
+            return timeout_ms
+        return max(0, min(timeout_ms, int((self._next_send - time.monotonic()) * 1000)))
 
     def add(self, hop: Hop) -> None:
         """Count a hop when it belongs to one of our probes."""

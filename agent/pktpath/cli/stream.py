@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from pktpath.core.hooks import without
-from pktpath.core.tracer import MAX_BATCH, Hop, Tracer
+from pktpath.core.tracer import Hop, Tracer
 from pktpath.view.hops import Rewrites, json_object, text_line
 
 LOSS_CHECK_SECONDS = 1.0
-DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
 
 
 @dataclass
@@ -115,33 +114,32 @@ def run(
     fmt = formatter(as_json, latency, names)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
-    stop_by = 0.0
-    while True:
-        stopping = stop.is_set()
-        if stopping and not stop_by:
-            stop_by = time.monotonic() + DRAIN_SECONDS
-        hops = tracer.drain() if stopping else tracer.poll(100)
-        for hop in hops:
-            if annotate is not None:
-                hop = annotate(hop)
-            out.write(fmt(hop) + "\n")
-            if on_hop is not None:
-                on_hop(hop)
-            shown += 1
-            if count and shown >= count:
-                stop.set()
-                break
+
+    def write(hop: Hop) -> bool:
+        nonlocal shown
+        if annotate is not None:
+            hop = annotate(hop)
+        out.write(fmt(hop) + "\n")
+        if on_hop is not None:
+            on_hop(hop)
+        shown += 1
         if count and shown >= count:
-            break
-        if stopping and (len(hops) < MAX_BATCH or time.monotonic() >= stop_by):
-            break  # drained (or a flood goes on: stop anyway, within a second)
-        if time.monotonic() >= next_check or stopping:
+            stop.set()
+            return True
+        return False
+
+    def tick() -> int:
+        nonlocal next_check, reported_lost
+        if time.monotonic() >= next_check or stop.is_set():
             next_check = time.monotonic() + LOSS_CHECK_SECONDS
             lost = tracer.lost()
             if lost > reported_lost:
                 gap(out, err, as_json, lost - reported_lost, lost)
                 reported_lost = lost
         out.flush()
+        return 100
+
+    tracer.follow(stop, write, tick)
     out.flush()
     lost = tracer.lost()
     if as_json and lost > reported_lost:

@@ -9,6 +9,7 @@ process: closing the :class:`Probes` (or the process dying) detaches it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 from collections.abc import Callable, Iterable
@@ -32,6 +33,26 @@ def object_path() -> str:
     """Path of the BPF object: the one shipped inside the package, or $PKTPATH_BPF_OBJECT."""
     return os.environ.get("PKTPATH_BPF_OBJECT") or str(
         resources.files("pktpath.core").joinpath("pktpath.bpf.o"))
+
+
+@dataclass(frozen=True)
+class Maps:
+    """The file descriptors of the object's maps, looked up by name once after loading."""
+
+    events: int  # the ring buffer
+    counters: int  # per-CPU counters (enum pktpath_counter)
+    netns_set: int  # namespaces to trace, when the filter has netns_set
+    cbpf_prog: int  # the tcpdump expression's classic BPF instructions
+
+    @classmethod
+    def of(cls, bpf: Libbpf, obj: int) -> Maps:
+        """Look every map of the loaded object up by its name in bpf/ (the field's name)."""
+        fds = {}
+        for name in (f.name for f in dataclasses.fields(cls)):
+            found = bpf.check_ptr(bpf.lib.bpf_object__find_map_by_name(obj, name.encode()),
+                                  f"finding map {name}")
+            fds[name] = bpf.lib.bpf_map__fd(found)
+        return cls(**fds)
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Probes:
         self._bpf = libbpf or Libbpf()
         self._path = path or object_path()
         self._obj: int | None = None
+        self._maps: Maps | None = None
         self._links: list[int] = []
         self._rings: list[tuple[int, object]] = []
         self._netns: set[int] = set()
@@ -101,6 +123,13 @@ class Probes:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def maps(self) -> Maps:
+        """The loaded object's maps (after :meth:`open`)."""
+        if self._maps is None:
+            raise PktpathError("pktpath's BPF object is not loaded")
+        return self._maps
 
     @property
     def libbpf(self) -> Libbpf:
@@ -155,6 +184,7 @@ class Probes:
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
         bpf.take_log()
         bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
+        self._maps = Maps.of(bpf, self._obj)
         self._fill_cbpf()
 
     def _fill_cbpf(self) -> None:
@@ -162,7 +192,7 @@ class Probes:
         if not self._cbpf:
             return
         lib = self._bpf.lib
-        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"cbpf_prog"))
+        fd = self.maps.cbpf_prog
         size = INSN.size
         for index in range(len(self._cbpf) // size):
             value = self._cbpf[index * size:(index + 1) * size]
@@ -210,10 +240,7 @@ class Probes:
 
     def ring_buffer(self, on_record: Callable[[int, int], int]) -> int:
         """A libbpf ring_buffer calling on_record(address, size) for each event."""
-        lib = self._bpf.lib
-        ring = self._bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"),
-                                   "events")
-        rb, cb = self._bpf.ring_buffer(lib.bpf_map__fd(ring), on_record)
+        rb, cb = self._bpf.ring_buffer(self.maps.events, on_record)
         self._rings.append((rb, cb))
         return rb
 
@@ -228,7 +255,7 @@ class Probes:
     def counters(self) -> dict[Counter, int]:
         """The kernel-side counters, summed over CPUs."""
         lib = self._bpf.lib
-        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"counters"))
+        fd = self.maps.counters
         ncpu = self._bpf.check_int(lib.libbpf_num_possible_cpus(), "counting CPUs")
         values = (ctypes.c_uint64 * ncpu)()
         result = {}
@@ -242,7 +269,7 @@ class Probes:
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Make the netns set exactly inodes (used when the filter has netns_set)."""
         lib = self._bpf.lib
-        fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"netns_set"))
+        fd = self.maps.netns_set
         wanted = set(inodes)
         for inode in self._netns - wanted:
             key = ctypes.c_uint32(inode)
@@ -271,6 +298,7 @@ class Probes:
         if self._obj:
             self._bpf.lib.bpf_object__close(self._obj)
             self._obj = None
+            self._maps = None
 
 
 def _privilege_error(err: LibbpfError) -> PktpathError:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pktpath.core.errors import PktpathError
@@ -21,6 +23,7 @@ from pktpath.core.packet import Packet, decode, from_flow
 from pktpath.core.symbols import Symbols, drop_reasons
 
 MAX_BATCH = 8192  # records taken from the ring buffer per poll
+DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,29 @@ class Tracer:
         batch, self._pending = self._pending, []
         hops = (hop_from_record(record, self._judge, self._since_first) for record in batch)
         return [hop for hop in hops if hop is not None]
+
+    def follow(self, stop: threading.Event, on_hop: Callable[[Hop], bool | None],
+               tick: Callable[[], int] | None = None, wait_ms: int = 100) -> None:
+        """The one ring-buffer read loop (trace, ping and the agent run it): hand every hop to
+        on_hop until stop is set, then what is left in the ring buffer, for at most
+        DRAIN_SECONDS (a flood does not hold a stop up).
+
+        on_hop returning True ends the loop at once (a count was reached). tick runs after
+        each read: it may set stop, and returns how long the next read may wait (ms).
+        """
+        stop_by = 0.0
+        while True:
+            stopping = stop.is_set()
+            if stopping and not stop_by:
+                stop_by = time.monotonic() + DRAIN_SECONDS
+            hops = self.drain() if stopping else self.poll(wait_ms)
+            for hop in hops:
+                if on_hop(hop):
+                    return
+            if stopping and (len(hops) < MAX_BATCH or time.monotonic() >= stop_by):
+                return  # drained (or a flood goes on: stop anyway)
+            if tick is not None:
+                wait_ms = tick()
 
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Trace only these namespaces (the filter must have netns_set)."""

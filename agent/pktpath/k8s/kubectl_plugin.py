@@ -110,20 +110,19 @@ def follow(api: Any, namespace: str, name: str, out: TextIO, live: bool,
         return status.get("phase") in ("Succeeded", "Failed") or time.monotonic() > deadline
 
     if live:
-        from pktpath.view.live import run_live
+        from pktpath.view.live import live_table
 
         stop = threading.Event()
         view = Table()
-
-        def step() -> None:
-            refresh()
-            fresh = table_of(status)
-            view.rows, view.sent_ns = fresh.rows, fresh.sent_ns
-
-        run_live(step, view, f"kubectl pktpath {name}",
-                 lambda: f"{status.get('phase', 'Pending')}: {status.get('result', '')}",
-                 on_key=lambda key: stop.set() if key in "qQ" else None,
-                 finished=finished, stop=stop, out=out)
+        with live_table(view, f"kubectl pktpath {name}",
+                        lambda: f"{status.get('phase', 'Pending')}: {status.get('result', '')}",
+                        on_key=lambda key: stop.set() if key in "qQ" else None,
+                        out=out) as redraw:
+            while not stop.is_set() and not finished():
+                refresh()
+                fresh = table_of(status)
+                view.rows, view.sent_ns = fresh.rows, fresh.sent_ns
+                redraw()
     else:
         while not finished():
             refresh()

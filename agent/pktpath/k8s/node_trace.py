@@ -186,16 +186,23 @@ class TraceSession(threading.Thread):
         finish_at: float | None = None
         last_write = last_refresh = time.monotonic()
         dirty = False
-        while not self.stop_flag.is_set():
-            for hop in tracer.poll(100):
-                dirty |= self._record(hop)
+        done = threading.Event()
+
+        def record(hop: Hop) -> None:
+            nonlocal dirty
+            dirty |= self._record(hop)
+
+        def tick() -> int:
+            nonlocal finish_at, last_write, last_refresh, dirty
             now = time.monotonic()
-            if time.time() >= deadline:
-                break
+            if self.stop_flag.is_set() or time.time() >= deadline:
+                done.set()
+                return 0
             if finish_at is None:
                 finish_at = self._finish_time(probing)
             elif now >= finish_at:
-                break
+                done.set()
+                return 0
             if now - last_refresh >= REFRESH_EVERY:
                 last_refresh = now
                 try:
@@ -207,10 +214,11 @@ class TraceSession(threading.Thread):
                 last_write = now
                 if self._publish("Running", hook_type, tracer, retry_for=0):
                     dirty = False  # else the API server is away: try again next time
+            return 100
+
+        tracer.follow(done, record, tick)  # ends with what is left in the ring buffer
         if self.stop_flag.is_set():
             return
-        for hop in tracer.drain():
-            self._record(hop)
         self._publish("Done", hook_type, tracer, retry_for=FINAL_RETRY_SECONDS)
 
     def _publish(self, phase: str, hook_type: str, tracer: Tracer, retry_for: float) -> bool:

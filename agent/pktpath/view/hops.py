@@ -51,7 +51,12 @@ def _endpoint(addr: str | None, port: int) -> str:
 
 
 class Rewrites:
-    """Notices when a packet's addresses or ports change between two of its hops (NAT)."""
+    """Notices when a packet's addresses or ports change between two of its hops (NAT).
+
+    A packet is known by its identity (its first skb's address), which the kernel reuses for
+    a later packet once this one is freed: a free ends the packet here, and a hop whose
+    protocol or ICMP id/sequence differs (NAT changes neither) is another packet.
+    """
 
     def __init__(self, memory: int = 4096) -> None:
         self._last: OrderedDict[int, tuple[object, ...]] = OrderedDict()
@@ -59,16 +64,16 @@ class Rewrites:
 
     def __call__(self, hop: Hop) -> str | None:
         """``DNAT``, ``SNAT``, ``SNAT+DNAT``, or None when nothing changed."""
-        p = hop.packet
-        if not hop.event.packet or p.src is None:
+        p, packet = hop.packet, hop.event.packet
+        if not packet or p.src is None:
             return None
-        now = (p.src, p.sport, p.dst, p.dport)
-        before = self._last.get(hop.event.packet)
-        self._last[hop.event.packet] = now
-        self._last.move_to_end(hop.event.packet)
-        if len(self._last) > self._memory:
-            self._last.popitem(last=False)
-        if before is None or before == now:
+        now = (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
+        before = self._last.pop(packet, None)
+        if hop.fate is None:
+            self._last[packet] = now
+            if len(self._last) > self._memory:
+                self._last.popitem(last=False)
+        if before is None or before == now or before[4:] != now[4:]:
             return None
         kinds = [kind for kind, a, b in (("SNAT", before[:2], now[:2]),
                                          ("DNAT", before[2:], now[2:])) if a != b]

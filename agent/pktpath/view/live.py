@@ -10,7 +10,6 @@ import os
 import select
 import sys
 import termios
-import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
@@ -77,20 +76,25 @@ def render(table: Table, title: str, status: str) -> RichTable:
     return view
 
 
-def run_live(step: Callable[[], None], table: Table, title: str, status: Callable[[], str], *,
-             on_key: Callable[[str], None], finished: Callable[[], bool],
-             stop: threading.Event, out: TextIO, stdin: TextIO | None = None) -> None:
-    """Refresh the table while step() runs, until stop is set (q) or finished()."""
+@contextmanager
+def live_table(table: Table, title: str, status: Callable[[], str], *,
+               on_key: Callable[[str], None], out: TextIO,
+               stdin: TextIO | None = None) -> Iterator[Callable[[], None]]:
+    """The table live on the terminal while the block runs; the block calls the function it
+    gets often: it hands typed keys to on_key and redraws the table when a refresh is due."""
     from rich.live import Live
 
     console = Console(file=out)
     with keys(stdin or sys.stdin) as typed, Live(console=console, auto_refresh=False) as live:
         shown = 0.0
-        while not stop.is_set() and not finished():
-            step()
+
+        def refresh() -> None:
+            nonlocal shown
             for key in typed():
                 on_key(key)
             if time.monotonic() - shown >= REFRESH_SECONDS:
                 live.update(render(table, title, status()), refresh=True)
                 shown = time.monotonic()
+
+        yield refresh
         live.update(render(table, title, status()), refresh=True)
