@@ -1,10 +1,38 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Part of pktpath.bpf.c (included once, after the maps, macros and struct headers there).
- *
+/*
  * -- a classic BPF interpreter for tcpdump expressions ------------------------------------
  * One bpf_loop() step per instruction: the verifier checks the step once, whatever the
  * expression. Packet loads outside the linear data, a jump out of the program or an unknown
  * instruction reject the packet, as the kernel's own classic BPF does. */
+#ifndef PKTPATH_CBPF_H
+#define PKTPATH_CBPF_H
+
+#include "common.h"
+
+/* The tcpdump expression, as classic BPF for both views (see event.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * PKTPATH_CBPF_MAX);
+	__type(key, __u32);
+	__type(value, struct pktpath_cbpf_insn);
+} cbpf_prog SEC(".maps");
+
+/* The last expression verdict on this CPU: a packet usually reaches its next hook (veth
+ * receive after transmit, its free after its receive) with the same skb and headers. */
+struct cbpf_verdict {
+	__u64 skb;
+	__u64 key[3]; /* 24 header bytes from L3 + 8: addresses, and IPv4 ports */
+	__u64 shape;  /* L2-to-L3 offset (VLAN tags in the frame) and the offloaded tag */
+	__u32 view;
+	__u32 verdict;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cbpf_verdict);
+} cbpf_cache SEC(".maps");
 
 struct cbpf_run {
 	unsigned char *pkt; /* first byte of the view */
@@ -244,3 +272,5 @@ static __always_inline bool expression_wanted(struct sk_buff *skb, struct header
 	}
 	return r.result != 0;
 }
+
+#endif /* PKTPATH_CBPF_H */

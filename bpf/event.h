@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The one layout shared by the BPF programs (pktpath.bpf.c) and their Python mirror
- * (agent/event.py). tests/test_event_layout.py checks the mirror against the BTF of the
+ * (agent/pktpath/core/event.py). tests/test_event_layout.py checks the mirror against the BTF of the
  * compiled object: change a field here and the test tells you what to change there.
  *
  * Fixed-width fields only, no implicit padding.
  */
 #ifndef PKTPATH_EVENT_H
 #define PKTPATH_EVENT_H
+
+#include "vmlinux.h" /* __u8 ... __u64 */
 
 #define PKTPATH_SNAPLEN 192   /* packet bytes copied per event, from the first header */
 #define PKTPATH_IFNAMSIZ 16

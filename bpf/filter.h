@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Part of pktpath.bpf.c (included once, after the maps, macros and struct headers there).
- *
+/*
  * Which packets are wanted: the filter's hosts, protocol and port, tested on the
  * headers where the stack put them (VXLAN looked inside); VLAN tags in the frame skipped.
  */
+#ifndef PKTPATH_FILTER_H
+#define PKTPATH_FILTER_H
+
+#include "common.h"
 
 static __always_inline bool host4_wanted(__u32 a, __u32 b)
 {
@@ -230,3 +233,17 @@ static __always_inline void skip_vlan_tags(struct headers *h, bool btf)
 		h->l3 += 4;
 	}
 }
+
+static __always_inline bool ifname_wanted(struct net_device *dev, bool btf)
+{
+	struct {
+		__u64 word[2];
+	} name;
+	const volatile __u64 *want = (const volatile __u64 *)cfg.ifname;
+
+	if (PKT_COPY(btf, &name, dev->name))
+		return false;
+	return name.word[0] == want[0] && name.word[1] == want[1];
+}
+
+#endif /* PKTPATH_FILTER_H */

@@ -9,87 +9,18 @@
  * Every hook exists twice: tp_btf (typed skb, direct loads) and raw_tp (bpf_probe_read_kernel),
  * the loader keeps one of the two after probing.
  *
- * The parts live in headers included below, in this order: filter.h (which packets are
- * wanted), cbpf.h (tcpdump expressions), track.h (one packet across its hops), routes.h
- * (--routes). event.h is the layout shared with the Python side.
+ * The parts live in headers, each standing alone on common.h (includes, config, ring buffer,
+ * counters, memory access): filter.h (which packets are wanted), cbpf.h (tcpdump
+ * expressions), track.h (one packet across its hops), routes.h (--routes). event.h is the
+ * layout shared with the Python side.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
-#include "event.h"
+#include "common.h"
+#include "filter.h"
+#include "cbpf.h"
+#include "track.h"
+#include "routes.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* Set by the loader before load; the verifier then drops the checks a run does not need. */
-const volatile struct pktpath_config cfg = {};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20); /* the loader may resize it */
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PKTPATH_COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-/* Namespace inodes to trace when cfg.netns_set: the agent's node and its pods. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} netns_set SEC(".maps");
-
-/* The tcpdump expression, as classic BPF for both views (see event.h). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * PKTPATH_CBPF_MAX);
-	__type(key, __u32);
-	__type(value, struct pktpath_cbpf_insn);
-} cbpf_prog SEC(".maps");
-
-/* The last expression verdict on this CPU: a packet usually reaches its next hook (veth
- * receive after transmit, its free after its receive) with the same skb and headers. */
-struct cbpf_verdict {
-	__u64 skb;
-	__u64 key[3]; /* 24 header bytes from L3 + 8: addresses, and IPv4 ports */
-	__u64 shape;  /* L2-to-L3 offset (VLAN tags in the frame) and the offloaded tag */
-	__u32 view;
-	__u32 verdict;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cbpf_verdict);
-} cbpf_cache SEC(".maps");
-
-/* Tracking: packets that matched, by skb address and by data buffer (clones share it), so a
- * packet is followed through NAT, tunnels and clones. An entry older than TRACK_NS is stale
- * (the address may belong to another packet by now); frees remove theirs. */
-#define TRACK_NS 1000000000ULL
-
-struct tracked_packet {
-	__u64 packet;
-	__u64 last_ns;
-	__u64 fingerprint; /* of its IP header; NAT keeps it, another packet does not */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct tracked_packet);
-} tracked SEC(".maps");
-
-/* Set once something matched: until then no packet pays for a tracking lookup. */
-__u32 tracking_started = 0;
 
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
@@ -99,67 +30,6 @@ enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));
 enum pktpath_proto unused_proto __attribute__((unused));
 enum pktpath_counter unused_counter __attribute__((unused));
-
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_ARP 0x0806
-#define ETH_P_IPV6 0x86DD
-#define ETH_P_8021Q 0x8100
-#define ETH_P_8021AD 0x88A8
-#define ARPHRD_ETHER 1
-#define ARPHRD_LOOPBACK 772
-#define IP_OFFSET 0x1FFF /* fragment offset bits of frag_off */
-#define AF_INET 2
-#define AF_INET6 10
-
-/* Packet memory. Under tp_btf, bpf_rdonly_cast(p, 0) (Linux 6.17+; the verifier inlines it)
- * makes it readable with plain loads that read zero on a fault, far cheaper than a helper call;
- * on an older kernel the tp_btf programs fail to load and the raw_tp ones, which use
- * bpf_probe_read_kernel(), take over. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-
-#define PKT_COPY(btf, dst, src)                                                   \
-	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
-	       : bpf_probe_read_kernel((dst), sizeof(*(dst)), (src)))
-
-/* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
- * `btf` is a constant at every call site, so only one arm is compiled. */
-#define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))
-
-/* Where the headers of a packet are. */
-struct headers {
-	unsigned char *l2; /* Ethernet header, NULL on devices without one */
-	unsigned char *l3; /* network header (after any VLAN tags in the frame) */
-	__u16 ethertype;   /* of l3, host order */
-};
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-	if (value)
-		*value += 1;
-}
-
-#include "filter.h"
-#include "cbpf.h"
-
-static __always_inline bool ifname_wanted(struct net_device *dev, bool btf)
-{
-	struct {
-		__u64 word[2];
-	} name;
-	const volatile __u64 *want = (const volatile __u64 *)cfg.ifname;
-
-	if (PKT_COPY(btf, &name, dev->name))
-		return false;
-	return name.word[0] == want[0] && name.word[1] == want[1];
-}
-
-static __always_inline __u32 netns_of(struct net_device *dev, bool btf)
-{
-	return btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
-}
 
 /* The neighbour a packet waited for: its route's gateway (rtable, rt6_info), else zero (the
  * destination itself, on-link). Only read for NEIGH_FAILED drops. */
@@ -252,7 +122,6 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	count(PKTPATH_COUNTER_EMITTED);
 }
 
-#include "track.h"
 
 static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, bool btf,
 				  __u64 location, __u32 reason)
@@ -330,7 +199,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	return 0;
 }
 
-#include "routes.h"
 
 /* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
 static __always_inline int untrack(struct sk_buff *skb, bool btf)

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Part of pktpath.bpf.c (included once, after the maps, macros and struct headers there).
- *
+/*
  * Routing decisions (--routes): the fib lookups' results as events of their own.
  */
+#ifndef PKTPATH_ROUTES_H
+#define PKTPATH_ROUTES_H
+
+#include "common.h"
+#include "filter.h"
 
 #define EAGAIN 11
 
@@ -145,3 +149,5 @@ static __always_inline int route6_lookup(struct net *net, struct fib6_result *re
 	route_submit(e, &flow);
 	return 0;
 }
+
+#endif /* PKTPATH_ROUTES_H */

@@ -1,9 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Part of pktpath.bpf.c (included once, after the maps, macros and struct headers there).
- *
+/*
  * Following one packet: its skb and data buffer addresses remembered with a fingerprint
  * of its IP header, so that its later hops (through NAT, tunnels, clones) are known.
  */
+#ifndef PKTPATH_TRACK_H
+#define PKTPATH_TRACK_H
+
+#include "common.h"
+#include "filter.h"
+
+/* Tracking: packets that matched, by skb address and by data buffer (clones share it), so a
+ * packet is followed through NAT, tunnels and clones. An entry older than TRACK_NS is stale
+ * (the address may belong to another packet by now); frees remove theirs. */
+#define TRACK_NS 1000000000ULL
+
+struct tracked_packet {
+	__u64 packet;
+	__u64 last_ns;
+	__u64 fingerprint; /* of its IP header; NAT keeps it, another packet does not */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tracked_packet);
+} tracked SEC(".maps");
+
+/* Set once something matched: until then no packet pays for a tracking lookup. */
+__u32 tracking_started = 0;
 
 static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
 {
@@ -88,3 +113,5 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 	}
 	return packet;
 }
+
+#endif /* PKTPATH_TRACK_H */

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: GPL-2.0
+/* What every part of pktpath's kernel side shares: the includes, the filter config, the ring
+ * buffer and its counters, the namespace set, header constants, the two ways to read kernel
+ * memory (tp_btf and raw_tp), where a packet's headers are, and its namespace.
+ */
+#ifndef PKTPATH_COMMON_H
+#define PKTPATH_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "event.h"
+
+
+/* Set by the loader before load; the verifier then drops the checks a run does not need. */
+const volatile struct pktpath_config cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* the loader may resize it */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PKTPATH_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Namespace inodes to trace when cfg.netns_set: the agent's node and its pods. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} netns_set SEC(".maps");
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_ARP 0x0806
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define ARPHRD_ETHER 1
+#define ARPHRD_LOOPBACK 772
+#define IP_OFFSET 0x1FFF /* fragment offset bits of frag_off */
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Packet memory. Under tp_btf, bpf_rdonly_cast(p, 0) (Linux 6.17+; the verifier inlines it)
+ * makes it readable with plain loads that read zero on a fault, far cheaper than a helper call;
+ * on an older kernel the tp_btf programs fail to load and the raw_tp ones, which use
+ * bpf_probe_read_kernel(), take over. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define PKT_COPY(btf, dst, src)                                                   \
+	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
+	       : bpf_probe_read_kernel((dst), sizeof(*(dst)), (src)))
+
+/* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
+ * `btf` is a constant at every call site, so only one arm is compiled. */
+#define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
+/* Where the headers of a packet are. */
+struct headers {
+	unsigned char *l2; /* Ethernet header, NULL on devices without one */
+	unsigned char *l3; /* network header (after any VLAN tags in the frame) */
+	__u16 ethertype;   /* of l3, host order */
+};
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &index);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline __u32 netns_of(struct net_device *dev, bool btf)
+{
+	return btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+}
+
+#endif /* PKTPATH_COMMON_H */
