@@ -14,8 +14,8 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from pktpath.core.errors import UsageError
 from pktpath.core.expression import compile_expression
@@ -32,12 +32,27 @@ log = logging.getLogger("pktpath.agent")
 FINISHED = ("Succeeded", "Failed")
 
 
+class Session(Protocol):
+    """What the agent needs of a trace's session (a :class:`TraceSession` thread)."""
+
+    def start(self) -> None: ...
+    def is_alive(self) -> bool: ...
+    def observe(self, body: Mapping[str, Any]) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+SessionFactory = Callable[[AgentContext, Mapping[str, Any], TraceSpec, Ends,
+                           Mapping[str, Any] | None], Session]
+
+
 class Agent:
     """The traces of one node."""
 
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, session: SessionFactory = TraceSession) -> None:
         self.ctx = ctx
-        self.sessions: dict[str, TraceSession] = {}
+        self._session = session  # how a trace's session is made (tests pass a fake one)
+        self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._traces: dict[str, Mapping[str, Any]] = {}  # latest body by uid, for the reaper
 
@@ -88,7 +103,7 @@ class Agent:
                 self._close_after_restart(body, mine)
                 return
             log.info("resuming trace %s after a restart", _ref(body))
-        session = TraceSession(self.ctx, body, spec, ends, resume=mine)
+        session = self._session(self.ctx, body, spec, ends, mine)
         with self._lock:
             if meta["uid"] in self.sessions:
                 return  # running, or ran, in this process: never twice
