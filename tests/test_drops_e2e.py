@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any
@@ -193,8 +194,18 @@ def test_nf_trace_cleans_up_after_a_killed_run(lab: Netlab, trace: Any, iptables
     net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
     before = ruleset(net.container)
     killed = trace("--nf-trace", "--proto", "icmp", "--netns", net.container.name)
+    pid = killed.proc.pid
+    monitors = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            monitors |= {int(child) for child in children.read().split()}
+    assert monitors, "nft monitor runs as a child of pktpath"
     killed.stop(signal.SIGKILL)
     assert "pktpath_nftrace_" in ruleset(net.container), "SIGKILL leaves the table behind"
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{m}") for m in monitors) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{m}") for m in monitors), "nft monitor outlived pktpath"
 
     run = trace("--nf-trace", "--proto", "icmp", "--netns", net.container.name)
     assert (f"removed inet pktpath_nftrace_{killed.proc.pid} in {net.container.name}, "

@@ -10,9 +10,11 @@ that was killed is deleted at the next start, so the ruleset is the same before 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -134,7 +136,8 @@ class NfTrace:
 
     def _monitor(self, ns: netns.Netns) -> None:
         proc = subprocess.Popen(["nsenter", f"--net={ns.path}", "nft", "-a", "monitor", "trace"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                preexec_fn=_die_with_parent)
         self._monitors.append(proc)
         threading.Thread(target=self._read, args=(ns.inode, proc), daemon=True,
                          name=f"nftrace:{ns.path}").start()
@@ -207,6 +210,12 @@ class NfTrace:
         for ns in self._added:
             _nft(ns.path, "delete", "table", "inet", self.table)
         self._added.clear()
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: end it with SIGTERM when pktpath dies, even by SIGKILL."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _has_rules(path: str) -> bool:
