@@ -52,8 +52,9 @@ struct {
 /* Packet memory. Under tp_btf, bpf_rdonly_cast(p, 0) (Linux 6.17+; the verifier inlines it)
  * makes it readable with plain loads that read zero on a fault, far cheaper than a helper call;
  * on an older kernel the tp_btf programs fail to load and the raw_tp ones, which use
- * bpf_probe_read_kernel(), take over. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+ * bpf_probe_read_kernel(), take over. Weak: the kfunc came with 6.2, and an unresolved strong
+ * extern would refuse the whole object (the raw_tp programs too) on older kernels. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 #define PKT_COPY(btf, dst, src)                                                   \
 	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
@@ -62,6 +63,29 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 /* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
  * `btf` is a constant at every call site, so only one arm is compiled. */
 #define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
+/* v = min(v, max) written so that the verifier sees the bound: clang may turn a plain compare
+ * into code that loses it ("R2 min value is negative"). max is a literal. */
+#define AT_MOST(v, max)                                                                  \
+	asm volatile("if %[x] <= " #max " goto +1\n\t%[x] = " #max : [x] "+r"(v))
+
+/* Before 6.2 a bit said whether vlan_tci held an offloaded tag; 6.2 made vlan_all (the tag
+ * and its protocol, 0 for none) the test and removed the bit. */
+struct sk_buff___pre62 {
+	__u8 vlan_present : 1;
+} __attribute__((preserve_access_index));
+
+/* The skb's offloaded VLAN tag as proto << 16 | tci, 0 when it carries none. */
+static __always_inline __u32 skb_vlan_tag(struct sk_buff *skb, bool btf)
+{
+	if (bpf_core_field_exists(skb->vlan_all)) {
+		if (!READ(btf, skb, vlan_all))
+			return 0;
+	} else if (!BPF_CORE_READ_BITFIELD_PROBED((struct sk_buff___pre62 *)skb, vlan_present)) {
+		return 0;
+	}
+	return (__u32)bpf_ntohs(READ(btf, skb, vlan_proto)) << 16 | READ(btf, skb, vlan_tci);
+}
 
 /* Where the headers of a packet are. */
 struct headers {

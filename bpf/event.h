@@ -15,15 +15,16 @@
 #define PKTPATH_IFNAMSIZ 16
 #define PKTPATH_MAX_HOSTS 8   /* --host addresses compared inline, per family */
 #define PKTPATH_STACK_DEPTH 12 /* kernel return addresses kept with a drop */
-#define PKTPATH_CBPF_MAX 256  /* classic BPF instructions per view of a tcpdump expression */
+#define PKTPATH_EXPR_SNAP 256  /* bytes of a packet's view a tcpdump expression can read */
+#define PKTPATH_EXPR_SLOTS 2048 /* eBPF instructions reserved for a translated expression */
+#define PKTPATH_EXPR_MARK 0x7e7e7e7e /* imm of each reserved "r0 = imm" the loader replaces */
 
-/* One classic BPF instruction (struct sock_filter), as libpcap compiles them. The map
- * cbpf_prog holds the Ethernet view at [0, PKTPATH_CBPF_MAX) and the raw-IP view after it. */
-struct pktpath_cbpf_insn {
-	__u16 code;
-	__u8 jt;
-	__u8 jf;
-	__u32 k;
+/* What a tcpdump expression, translated from classic BPF into eBPF at load time, reads: the
+ * first bytes of the packet's view (an offloaded VLAN tag shown inside, as tcpdump shows it)
+ * and classic BPF's scratch memory M[]. */
+struct pktpath_expr_scratch {
+	__u8 pkt[PKTPATH_EXPR_SNAP];
+	__u32 mem[16];
 };
 
 /* Which tracepoint saw the packet. */

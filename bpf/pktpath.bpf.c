@@ -10,13 +10,13 @@
  * the loader keeps one of the two after probing.
  *
  * The parts live in headers, each standing alone on common.h (includes, config, ring buffer,
- * counters, memory access): filter.h (which packets are wanted), cbpf.h (tcpdump
+ * counters, memory access): filter.h (which packets are wanted), expression.h (tcpdump
  * expressions), track.h (one packet across its hops), routes.h (--routes). event.h is the
  * layout shared with the Python side.
  */
 #include "common.h"
 #include "filter.h"
-#include "cbpf.h"
+#include "expression.h"
 #include "track.h"
 #include "routes.h"
 
@@ -25,7 +25,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
 struct pktpath_flow *unused_flow __attribute__((unused));
-struct pktpath_cbpf_insn *unused_insn __attribute__((unused));
+struct pktpath_expr_scratch *unused_scratch __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));
 enum pktpath_proto unused_proto __attribute__((unused));
@@ -105,7 +105,7 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	e->vlan_tci = READ(btf, skb, vlan_tci);
 	e->vlan_proto = READ(btf, skb, vlan_proto);
 	e->hook = hook;
-	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (READ(btf, skb, vlan_all) ? PKTPATH_F_VLAN : 0);
+	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (skb_vlan_tag(skb, btf) ? PKTPATH_F_VLAN : 0);
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	if (dev)
 		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
@@ -215,19 +215,20 @@ static __always_inline int untrack(struct sk_buff *skb, bool btf)
 
 /* Every hook twice: tp_btf (typed skb, direct loads) and raw_tp (probe reads), from one body in
  * which `btf` is a constant; the loader keeps one of the two. */
-#define TWIN(tp, body, ...)                                                              \
+#define TWIN_AS(name, tp, body, ...)                                                     \
 	SEC("tp_btf/" #tp)                                                               \
-	int BPF_PROG(tp_btf_##tp, __VA_ARGS__)                                           \
+	int BPF_PROG(tp_btf_##name, __VA_ARGS__)                                         \
 	{                                                                                \
 		const bool btf = true;                                                   \
 		return body;                                                             \
 	}                                                                                \
 	SEC("raw_tp/" #tp)                                                               \
-	int BPF_PROG(raw_tp_##tp, __VA_ARGS__)                                           \
+	int BPF_PROG(raw_tp_##name, __VA_ARGS__)                                         \
 	{                                                                                \
 		const bool btf = false;                                                  \
 		return body;                                                             \
 	}
+#define TWIN(tp, body, ...) TWIN_AS(tp, tp, body, __VA_ARGS__)
 
 TWIN(net_dev_queue, handle(ctx, skb, PKTPATH_HOOK_NET_DEV_QUEUE, btf, 0, 0),
      struct sk_buff *skb)
@@ -235,6 +236,10 @@ TWIN(netif_receive_skb, handle(ctx, skb, PKTPATH_HOOK_NETIF_RECEIVE_SKB, btf, 0,
      struct sk_buff *skb)
 TWIN(kfree_skb, handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, btf, (__u64)location, reason),
      struct sk_buff *skb, void *location, int reason)
+/* before 5.17 kfree_skb had no reason: the loader picks this one when the kernel says so */
+TWIN_AS(kfree_skb_noreason, kfree_skb,
+	handle(ctx, skb, PKTPATH_HOOK_KFREE_SKB, btf, (__u64)location, 0),
+	struct sk_buff *skb, void *location)
 TWIN(icmp_send, handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, btf, 0,
 		       (type & 0xFF) << 8 | (code & 0xFF)),
      struct sk_buff *skb, int type, int code)

@@ -146,8 +146,8 @@ def test_expression_combines_with_flags(lab: Netlab, trace: Any) -> None:
 @pytest.mark.parametrize("args, message", [
     (["tcp and garbage"], "bad filter expression 'tcp and garbage': syntax error"),
     (["port 99999"], "illegal port number 99999"),
-    ([" or ".join(f"host 10.200.0.{i}" for i in range(1, 120))], "classic BPF instructions; "
-     "pktpath runs at most 256 in the kernel"),
+    ([" or ".join(f"host 10.200.0.{i}" for i in range(1, 201))], "eBPF instructions; pktpath "
+     "has room for 2048 in the kernel: simplify it"),
 ])
 def test_bad_expressions_are_refused_before_anything_attaches(args: list[str],
                                                               message: str) -> None:

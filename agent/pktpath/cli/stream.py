@@ -42,6 +42,8 @@ def announce(tracer: Tracer, err: TextIO) -> None:
     if report.fallback_reason:
         message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
     for status in report.hooks:
+        if status.note and status.hook_type:
+            message(err, f"hook {status.hook.tracepoint}: {status.note}")
         if status.error:
             missing = without(status.hook)
             message(err, "; ".join(filter(None, (

@@ -15,6 +15,9 @@ SNAPLEN = 192
 IFNAMSIZ = 16
 MAX_HOSTS = 8
 STACK_DEPTH = 12
+EXPR_SNAP = 256  # bytes of a view a tcpdump expression reads
+EXPR_SLOTS = 2048  # eBPF instructions reserved for a translated expression
+EXPR_MARK = 0x7E7E7E7E  # imm of each reserved "r0 = imm"
 
 
 class Hook(enum.IntEnum):
@@ -107,6 +110,13 @@ FLOW_FIELDS = [
     ("pad", "2s"),
 ]
 FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
+
+EXPR_SCRATCH_FIELDS = [
+    ("pkt", f"{EXPR_SNAP}s"),
+    ("mem", "16I"),
+]
+EXPR_SCRATCH_STRUCT, EXPR_SCRATCH_OFFSETS = _layout(EXPR_SCRATCH_FIELDS)
+EXPR_MEM_OFFSET = EXPR_SCRATCH_OFFSETS["mem"][0]
 
 CONFIG_FIELDS = [
     ("host6", f"{16 * MAX_HOSTS}s"),

@@ -1,24 +1,23 @@
 """tcpdump expressions (pcap-filter(7)), compiled by libpcap into classic BPF.
 
 Each expression is compiled twice: for Ethernet frames (DLT_EN10MB), which most hooks see, and
-for bare IP packets (DLT_RAW), which hooks on devices without a link-layer header see. The
-kernel side runs the instructions with a bounded interpreter (bpf/pktpath.bpf.c, cbpf_*).
+for bare IP packets (DLT_RAW), which hooks on devices without a link-layer header see. Both are
+translated into eBPF (:mod:`pktpath.core.translate`), which the loader writes into every
+program before the object loads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import struct
 from dataclasses import dataclass
 
 from pktpath.core.errors import PktpathError, UsageError
+from pktpath.core.translate import translate
 
 DLT_EN10MB = 1
 DLT_RAW = 12  # Linux's value: IPv4 or IPv6, no link-layer header
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
-MAX_INSNS = 256  # instructions the kernel interpreter runs (bpf/event.h PKTPATH_CBPF_MAX)
-INSN = struct.Struct("<HBBI")  # struct sock_filter: code, jt, jf, k
 
 
 class _Insn(ctypes.Structure):
@@ -32,19 +31,12 @@ class _Program(ctypes.Structure):
 
 @dataclass(frozen=True)
 class Compiled:
-    """One expression as classic BPF for both views."""
+    """One expression as classic BPF for both views, and their eBPF translation."""
 
     expression: str
     ethernet: tuple[tuple[int, int, int, int], ...]
     raw: tuple[tuple[int, int, int, int], ...]
-
-    def table(self) -> bytes:
-        """Both programs as the filter map holds them: Ethernet view first, then raw."""
-        def pack(insns: tuple[tuple[int, int, int, int], ...]) -> bytes:
-            body = b"".join(INSN.pack(*i) for i in insns)
-            return body.ljust(MAX_INSNS * INSN.size, b"\0")
-
-        return pack(self.ethernet) + pack(self.raw)
+    region: bytes  # the eBPF instructions of the programs' reserved region
 
 
 def _libpcap() -> ctypes.CDLL:
@@ -92,9 +84,8 @@ def compile_expression(expression: str) -> Compiled:
         raw = _compile_one(lib, expression, DLT_RAW)
     except UsageError:
         raw = ((0x06, 0, 0, 0),)  # link-layer only (e.g. "ether host"): no match without one
-    longest = max(len(ethernet), len(raw))
-    if longest > MAX_INSNS:
-        raise UsageError(f"filter expression {expression!r} compiles to {longest} classic BPF "
-                         f"instructions; pktpath runs at most {MAX_INSNS} in the kernel: "
-                         "simplify it")
-    return Compiled(expression, ethernet, raw)
+    try:
+        region = translate(ethernet, raw)
+    except UsageError as exc:
+        raise UsageError(f"filter expression {expression!r}: {exc}") from None
+    return Compiled(expression, ethernet, raw, region)

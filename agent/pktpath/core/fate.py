@@ -142,6 +142,7 @@ class Route:
 # fib6 lookups report the route's type instead of an error (RTN_* of rtnetlink.h)
 ROUTE6_TYPES = {0: "no route", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 
+UNKNOWN = "UNKNOWN"  # the drop reason on a kernel that gives none
 ROUTE_WINDOW_NS = 50_000_000  # a lookup belongs to the packet the same CPU handles next
 
 
@@ -265,11 +266,13 @@ class FateJudge:
 
     def _judge(self, packet: Packet, reason: int, location: int,
                stack: tuple[int, ...]) -> Fate:
-        name = self._reasons.get(reason, f"reason {reason}")
+        # a kernel before 5.17 gives no reason (and has no enum skb_drop_reason)
+        name = self._reasons.get(reason, f"reason {reason}") if self._reasons else UNKNOWN
         where = self.symbols.name(location)
         if name == "QUEUE_PURGE":
             return Fate(False, name, where, "a socket queue was purged (not a drop)")
-        if name == "NO_SOCKET" and packet.echo == "reply" and packet.icmp_id is not None:
+        if (name in ("NO_SOCKET", UNKNOWN) and packet.echo == "reply"
+                and packet.icmp_id is not None):
             asked = (packet.icmp_id, packet.icmp_seq or 0, packet.dst, packet.src)
             if asked in self._request_set:
                 return Fate(False, name, where,

@@ -14,6 +14,15 @@ from pktpath.core.event import Hook
 
 
 @dataclass(frozen=True)
+class Older:
+    """The program for kernels whose tracepoint passes fewer arguments."""
+
+    program: str  # its name after the program type (raw_tp_<program>)
+    args: int  # the tracepoint arguments it reads
+    without: str  # what the output lacks with it
+
+
+@dataclass(frozen=True)
 class HookSpec:
     """One hook: its tracepoint, default, choosing flag and what is missing without it."""
 
@@ -21,6 +30,8 @@ class HookSpec:
     default: bool  # attached unless its flag says otherwise
     flag: str | None  # the trace flag that turns it off (default) or on (opt-in); None: always
     without: str  # what the output lacks when the hook cannot attach
+    args: int = 1  # the tracepoint arguments its program reads
+    older: Older | None = None  # for kernels whose tracepoint has fewer
 
     @property
     def tracepoint(self) -> str:
@@ -31,14 +42,17 @@ class HookSpec:
 HOOKS = (
     HookSpec(Hook.NET_DEV_QUEUE, True, None, "transmits are not shown"),
     HookSpec(Hook.NETIF_RECEIVE_SKB, True, None, "receives are not shown"),
-    HookSpec(Hook.KFREE_SKB, True, "--no-drops", "drops are not shown"),
-    HookSpec(Hook.ICMP_SEND, True, "--no-drops", "ICMP errors the kernel sends are not named"),
+    HookSpec(Hook.KFREE_SKB, True, "--no-drops", "drops are not shown", args=3,
+             older=Older("kfree_skb_noreason", 2, "drop reasons are not named (kfree_skb has "
+                         "none before Linux 5.17)")),
+    HookSpec(Hook.ICMP_SEND, True, "--no-drops", "ICMP errors the kernel sends are not named",
+             args=3),
     # frees after use end the tracking of a packet
     HookSpec(Hook.CONSUME_SKB, True, "--no-track",
              "a tracked packet's identity may be reused sooner"),
     # routing lookups run once per table per packet: opt-in
-    HookSpec(Hook.FIB_TABLE_LOOKUP, False, "--routes", "IPv4 routes are not shown"),
-    HookSpec(Hook.FIB6_TABLE_LOOKUP, False, "--routes", "IPv6 routes are not shown"),
+    HookSpec(Hook.FIB_TABLE_LOOKUP, False, "--routes", "IPv4 routes are not shown", args=4),
+    HookSpec(Hook.FIB6_TABLE_LOOKUP, False, "--routes", "IPv6 routes are not shown", args=4),
 )
 BY_HOOK = {spec.hook: spec for spec in HOOKS}
 FLAGS = tuple(dict.fromkeys(spec.flag for spec in HOOKS if spec.flag))

@@ -26,6 +26,8 @@ _PrintCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, _
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 
 
+PRINT_BUFFER_BYTES = 1 << 20  # a whole verifier log; its last lines say why
+
 class LibbpfError(PktpathError):
     """A libbpf call failed; ``errno`` holds the positive error number."""
 
@@ -57,6 +59,7 @@ class Libbpf:
         self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
                                          _c_void_p]
         self.log_lines: list[str] = []
+        self._print_buf: ctypes.Array[ctypes.c_char] | None = None
         self._print_cb = _PrintCallback(self._on_print)
         lib = self.lib
         p, i, u32, sz = _c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
@@ -72,6 +75,9 @@ class Libbpf:
             ("bpf_program__section_name", s, [p]),
             ("bpf_program__set_autoload", i, [p, ctypes.c_bool]),
             ("bpf_program__autoload", ctypes.c_bool, [p]),
+            ("bpf_program__insns", p, [p]),
+            ("bpf_program__insn_cnt", sz, [p]),
+            ("bpf_program__set_insns", i, [p, p, sz]),
             ("bpf_program__attach", p, [p]),
             ("bpf_link__destroy", i, [p]),
             ("bpf_map__initial_value", p, [p, ctypes.POINTER(sz)]),
@@ -96,7 +102,10 @@ class Libbpf:
         lib.libbpf_set_print(self._print_cb)
 
     def _on_print(self, level: int, fmt: bytes, ap: int | None) -> int:
-        buf = ctypes.create_string_buffer(4096)
+        # a verifier log comes in one call and may be long: the reason is at its end
+        if self._print_buf is None:
+            self._print_buf = ctypes.create_string_buffer(PRINT_BUFFER_BYTES)
+        buf = self._print_buf
         self._libc.vsnprintf(buf, len(buf), fmt, ap)
         if level <= LIBBPF_INFO:
             self.log_lines.extend(buf.value.decode(errors="replace").splitlines())

@@ -18,9 +18,10 @@ from importlib import resources
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import CONFIG_STRUCT, Counter, Hook
-from pktpath.core.expression import INSN
-from pktpath.core.hooks import DEFAULT_HOOKS
+from pktpath.core.hooks import BY_HOOK, DEFAULT_HOOKS
 from pktpath.core.libbpf import Libbpf, LibbpfError
+from pktpath.core.symbols import tracepoint_args
+from pktpath.core.translate import INSN, find_region
 
 HOOK_TYPES = ("tp_btf", "raw_tp")
 DEFAULT_RING_BYTES = 4 << 20
@@ -42,7 +43,6 @@ class Maps:
     events: int  # the ring buffer
     counters: int  # per-CPU counters (enum pktpath_counter)
     netns_set: int  # namespaces to trace, when the filter has netns_set
-    cbpf_prog: int  # the tcpdump expression's classic BPF instructions
 
     @classmethod
     def of(cls, bpf: Libbpf, obj: int) -> Maps:
@@ -62,6 +62,8 @@ class HookStatus:
     hook: Hook
     hook_type: str | None = None
     error: str | None = None
+    program: str | None = None  # the program's name after its type: net_dev_queue, ...
+    note: str | None = None  # what is missing with the program this kernel allows
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Probes:
         ring_bytes: int = DEFAULT_RING_BYTES,
         libbpf: Libbpf | None = None,
         path: str | None = None,
-        cbpf: bytes = b"",
+        expression: bytes = b"",
     ) -> None:
         if len(config) != CONFIG_STRUCT.size:
             raise ValueError(f"config is {len(config)} bytes, expected {CONFIG_STRUCT.size}")
@@ -101,7 +103,7 @@ class Probes:
                 exit_code=2,
             )
         self._config = config
-        self._cbpf = cbpf
+        self._expression = expression  # eBPF for the programs' reserved region, if any
         self._hooks = list(hooks)
         self._hook_type = hook_type
         self._ring_bytes = ring_bytes
@@ -143,34 +145,51 @@ class Probes:
         if not os.path.exists(self._path):
             raise PktpathError(f"the BPF object {self._path} is missing: reinstall pktpath "
                                "(or run 'make -C bpf' in a source checkout)")
+        self._choose_programs()
         types = HOOK_TYPES if self._hook_type == "auto" else (self._hook_type,)
-        last: LibbpfError | None = None
+        refused: list[tuple[str, LibbpfError]] = []
         for hook_type in types:
             try:
                 self._load(hook_type)
             except LibbpfError as err:
                 self._close_object()
-                if err.errno in (errno.EPERM, errno.EACCES):
-                    raise _privilege_error(err) from err
-                last = err
-                self.report.fallback_reason = f"{hook_type}: {err}"
+                refused.append((hook_type, err))
+                self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
                 continue
             break
         else:
-            assert last is not None
-            raise PktpathError(f"the kernel refused pktpath's BPF programs ({last}); "
-                               f"verifier log:\n{_tail(last.log)}") from last
+            raise _refusal(refused)
         self._attach(hook_type)
+
+    def _choose_programs(self) -> None:
+        """Per hook, the program the running kernel's tracepoint fits (by its arguments), or
+        why none: a kernel without the tracepoint, or with fewer arguments than pktpath reads."""
+        args = tracepoint_args(self._bpf, [h.tracepoint for h in self._hooks])
+        for hook in self._hooks:
+            spec, status = BY_HOOK[hook], HookStatus(hook)
+            self.report.hooks.append(status)
+            have = args.get(hook.tracepoint)
+            if have is None:
+                status.error = f"this kernel has no tracepoint {hook.tracepoint}"
+            elif have >= spec.args:
+                status.program = hook.tracepoint
+            elif spec.older is not None and have >= spec.older.args:
+                status.program, status.note = spec.older.program, spec.older.without
+            else:
+                status.error = (f"this kernel's {hook.tracepoint} has {have} arguments, "
+                                f"pktpath reads {spec.args}")
 
     def _load(self, hook_type: str) -> None:
         bpf = self._bpf
         lib = bpf.lib
         self._obj = bpf.check_ptr(lib.bpf_object__open_file(self._path.encode(), None),
                                   f"opening {self._path}")
+        wanted = {f"{hook_type}_{s.program}" for s in self.report.hooks if s.program}
         for prog in self._programs():
             name = lib.bpf_program__name(prog).decode()
-            wanted = any(name == f"{hook_type}_{h.tracepoint}" for h in self._hooks)
-            bpf.check_int(lib.bpf_program__set_autoload(prog, wanted), f"autoload {name}")
+            bpf.check_int(lib.bpf_program__set_autoload(prog, name in wanted), f"autoload {name}")
+            if self._expression and name in wanted:
+                self._write_expression(prog, name)
         rodata = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b".rodata"),
                                "finding .rodata")
         size = ctypes.c_size_t()
@@ -185,23 +204,20 @@ class Probes:
         bpf.take_log()
         bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
         self._maps = Maps.of(bpf, self._obj)
-        self._fill_cbpf()
 
-    def _fill_cbpf(self) -> None:
-        """Put the tcpdump expression's instructions in the map before anything attaches."""
-        if not self._cbpf:
-            return
+    def _write_expression(self, prog: int, name: str) -> None:
+        """Write the translated tcpdump expression into the program's reserved region."""
         lib = self._bpf.lib
-        fd = self.maps.cbpf_prog
-        size = INSN.size
-        for index in range(len(self._cbpf) // size):
-            value = self._cbpf[index * size:(index + 1) * size]
-            if not any(value):
-                continue
-            key = ctypes.c_uint32(index)
-            buf = ctypes.create_string_buffer(value, size)
-            self._bpf.check_int(lib.bpf_map_update_elem(fd, ctypes.byref(key), buf, 0),
-                                "loading the filter expression")
+        count = lib.bpf_program__insn_cnt(prog)
+        code = ctypes.string_at(lib.bpf_program__insns(prog), count * INSN.size)
+        at = find_region(code)
+        if at is None:
+            return  # a program that runs no expression (routes)
+        start = at * INSN.size
+        patched = code[:start] + self._expression + code[start + len(self._expression):]
+        buf = ctypes.create_string_buffer(patched, len(patched))
+        self._bpf.check_int(lib.bpf_program__set_insns(prog, buf, count),
+                            f"writing the filter expression into {name}")
 
     def _programs(self) -> list[int]:
         progs: list[int] = []
@@ -215,10 +231,11 @@ class Probes:
     def _attach(self, hook_type: str) -> None:
         lib = self._bpf.lib
         by_name = {lib.bpf_program__name(p).decode(): p for p in self._programs()}
-        for hook in self._hooks:
-            status = HookStatus(hook)
-            self.report.hooks.append(status)
-            prog = by_name.get(f"{hook_type}_{hook.tracepoint}")
+        for status in self.report.hooks:
+            hook = status.hook
+            if status.error:
+                continue
+            prog = by_name.get(f"{hook_type}_{status.program}")
             if hook.tracepoint in self._refused:
                 status.error = f"{hook_type}/{hook.tracepoint}: refused ({REFUSE_ENV})"
                 continue
@@ -301,9 +318,22 @@ class Probes:
             self._maps = None
 
 
-def _privilege_error(err: LibbpfError) -> PktpathError:
-    return PktpathError(f"pktpath needs CAP_BPF and CAP_PERFMON (or root) to load its BPF "
-                        f"programs ({err}): run it with sudo")
+def _reason(err: LibbpfError) -> str:
+    """A refusal in one line: libbpf's error and the verifier's last word, if it said one."""
+    said = [line.strip() for line in err.log.splitlines()
+            if line.strip() and not line.startswith(("libbpf:", "--", "processed ", "Validating"))]
+    return f"{err}: {said[-1]}" if said else str(err)
+
+
+def _refusal(refused: list[tuple[str, LibbpfError]]) -> PktpathError:
+    """The error when every program type was refused: each type's reason, what to do."""
+    reasons = "; ".join(f"{kind}: {_reason(err)}" for kind, err in refused)
+    last = refused[-1][1]
+    hint = ""
+    if all(err.errno in (errno.EPERM, errno.EACCES) for _, err in refused):
+        hint = " (if pktpath lacks CAP_BPF and CAP_PERFMON, run it with sudo)"
+    return PktpathError(f"the kernel refused pktpath's BPF programs ({reasons}){hint}; "
+                        f"verifier log:\n{_tail(last.log)}")
 
 
 def _tail(log: str, lines: int = 30) -> str:

@@ -8,7 +8,10 @@ import ctypes
 
 from pktpath.core.libbpf import Libbpf
 
+BTF_KIND_PTR = 2
 BTF_KIND_ENUM = 6
+BTF_KIND_TYPEDEF = 8
+BTF_KIND_FUNC_PROTO = 13
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
 
 
@@ -38,6 +41,34 @@ def enum_values(libbpf: Libbpf, name: str) -> dict[int, str]:
         return {e.val: lib.btf__name_by_offset(btf, e.name_off).decode() for e in entries}
     finally:
         lib.btf__free(btf)
+
+
+def tracepoint_args(libbpf: Libbpf, tracepoints: list[str]) -> dict[str, int | None]:
+    """How many arguments each tracepoint passes on the running kernel (from its BTF typedef
+    btf_trace_<name>, a pointer to a function whose first argument is the tracepoint's data);
+    None for a tracepoint the kernel lacks, or when the kernel has no BTF."""
+    lib = libbpf.lib
+    found: dict[str, int | None] = dict.fromkeys(tracepoints)
+    btf = lib.btf__load_vmlinux_btf()
+    if not btf:
+        return found
+    try:
+        for name in tracepoints:
+            type_id = lib.btf__find_by_name_kind(btf, f"btf_trace_{name}".encode(),
+                                                 BTF_KIND_TYPEDEF)
+            if type_id <= 0:
+                continue
+            for kind in (BTF_KIND_PTR, BTF_KIND_FUNC_PROTO):  # typedef -> pointer -> function
+                pointed = _BtfType.from_address(lib.btf__type_by_id(btf, type_id)).size
+                btf_type = _BtfType.from_address(lib.btf__type_by_id(btf, pointed))
+                if (btf_type.info >> 24) & 0x1F != kind:
+                    break
+                type_id = pointed
+            else:
+                found[name] = (btf_type.info & 0xFFFF) - 1
+    finally:
+        lib.btf__free(btf)
+    return found
 
 
 def drop_reasons(libbpf: Libbpf) -> dict[int, str]:

@@ -93,9 +93,9 @@ class Tracer:
         # (the agent's), else read by this one
         self._symbols = symbols
         self._reasons = reasons
-        cbpf = trace_filter.expression.table() if trace_filter.expression else b""
+        region = trace_filter.expression.region if trace_filter.expression else b""
         self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
-                              ring_bytes=ring_bytes, cbpf=cbpf)
+                              ring_bytes=ring_bytes, expression=region)
         self._pending: list[bytes] = []
         self._rb = 0
         self._judge: FateJudge | None = None

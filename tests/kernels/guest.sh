@@ -1,0 +1,23 @@
+#!/bin/bash
+# Runs inside a kernel of the matrix (booted by matrix.sh): the features' tests, each on its
+# own, results as "name passed|failed" lines in $1/results, pytest's output in $1/<name>.log.
+out=$1
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo" || exit 1
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mkdir -p /run/netns
+for m in veth bridge br_netfilter vxlan nf_tables nft_chain_nat nft_compat xt_conntrack \
+         nf_nat iptable_nat iptable_filter ip6_tables; do modprobe -q "$m" 2>/dev/null; done
+uname -r > "$out/kernel"
+: > "$out/results"
+grep -v '^#' tests/kernels/features | while read -r name test; do
+  [ -n "$name" ] || continue
+  if CI=true timeout 600 python3 -m pytest -p no:cacheprovider -q -x "$test" \
+       > "$out/$name.log" 2>&1; then
+    echo "$name passed" >> "$out/results"
+  else
+    echo "$name failed" >> "$out/results"
+  fi
+done
+echo done >> "$out/results"
