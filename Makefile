@@ -4,11 +4,12 @@
 # cached in $PKTPATH_CACHE, default /var/cache/pktpath).
 PYTHON ?= python3
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping tmux tshark \
-	iptables nftables util-linux libcap2-bin openssl
+	iptables nftables util-linux libcap2-bin openssl \
+	qemu-system-x86 busybox-static kmod
 
-.PHONY: deps deps-packages deps-tools bpf test lint bench bench-deps
+.PHONY: deps deps-packages deps-tools deps-kernels bpf test kernels lint bench bench-deps
 
-deps: deps-packages deps-tools  ## install and build what building and testing need (Debian, as root)
+deps: deps-packages deps-tools deps-kernels  ## install and build what the tests need (Debian, root)
 
 deps-packages:
 	@echo "pktpath deps: Debian packages and the Python package..." >&2
@@ -18,6 +19,9 @@ deps-packages:
 
 deps-tools:  ## build the programs of deps/go-tools into $PKTPATH_CACHE (minutes the first time)
 	bash deps/build.sh
+
+deps-kernels:  ## fetch the kernels of deps/kernels into $PKTPATH_CACHE/kernels
+	bash deps/kernels.sh
 
 bpf:  ## rebuild the shipped BPF object from bpf/
 	$(MAKE) -C bpf
@@ -29,6 +33,9 @@ lint:
 test: lint  ## the whole suite: shipped object, lint, types, unit and end-to-end tests
 	$(MAKE) -C bpf check
 	$(PYTHON) -m pytest -ra
+
+kernels:  ## the kernel matrix: each kernel of deps/kernels booted under QEMU, features tested
+	bash tests/kernels/matrix.sh
 
 bench:  ## the benchmark suite (see bench/suite.py --help; peers need make bench-deps)
 	$(PYTHON) bench/suite.py --rounds 5 --seconds 2

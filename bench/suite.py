@@ -13,6 +13,10 @@ side mean anything):
   bpftrace     bpftrace counting the same tracepoints (net_dev_queue, netif_receive_skb,
                kfree_skb, consume_skb)
   perf-trace   perf trace -e 'net:*' -a to a file
+  expr-nomatch pktpath trace 'host 10.200.99.99': a tcpdump expression matching nothing, run
+               on every packet (translated into eBPF at load time)
+  expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
+               `agent` or `pktpath` under DIR/agent): e.g. the bpf_loop interpreter of 382c2df
 Printed: median rate of each mode and the median of its per-round ratios to untraced; the
 median time from starting pktpath to its "tracing" line; the user-space path in events/s
 (bench/consumer.py).
@@ -148,7 +152,16 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.communicate()
 
 
-def tracer(mode: str, traffic: Traffic, workdir: str) -> list[str] | None:
+def baseline_command(checkout: str) -> list[str]:
+    """`trace` of an earlier pktpath checked out in checkout, run from its own source."""
+    source = os.path.join(checkout, "agent")
+    package = "pktpath" if os.path.isdir(os.path.join(source, "pktpath")) else "agent"
+    return ["env", f"PYTHONPATH={source if package == 'pktpath' else checkout}",
+            sys.executable, "-m", package, "trace"]
+
+
+def tracer(mode: str, traffic: Traffic, workdir: str,
+           baseline: str | None = None) -> list[str] | None:
     """The command of a mode (None for untraced)."""
     pktpath = [sys.executable, "-m", "pktpath", "trace"]
     return {
@@ -159,6 +172,8 @@ def tracer(mode: str, traffic: Traffic, workdir: str) -> list[str] | None:
         "bpftrace": ["bpftrace", "-e", f"{TRACEPOINTS} {{ @[probe] = count(); }}"],
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
                        os.path.join(workdir, "perf.out")],
+        "expr-nomatch": [*pktpath, "host 10.200.99.99"],
+        "expr-baseline": [*baseline_command(baseline or ""), "host 10.200.99.99"],
     }[mode]
 
 
@@ -166,9 +181,9 @@ MARKERS = {"bpftrace": "Attaching", "perf-trace": ""}
 
 
 def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
-            startup: list[float]) -> float:
+            startup: list[float], baseline: str | None = None) -> float:
     out = os.path.join(workdir, f"{mode}.out")
-    cmd = tracer(mode, traffic, workdir)
+    cmd = tracer(mode, traffic, workdir, baseline)
     if cmd is None:
         return traffic.run(seconds)
     holder: list[subprocess.Popen[str]] = []
@@ -198,6 +213,8 @@ def main() -> int:
     parser.add_argument("--traffic", default="udp,tcp", help="udp, tcp or both")
     parser.add_argument("--modes", default="nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="an earlier pktpath checkout for the expr-baseline mode")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("the benchmark needs root (namespaces and BPF)")
@@ -206,6 +223,8 @@ def main() -> int:
         if mode in modes and shutil.which(tool) is None:
             print(f"{tool} is not installed: leaving out {mode}", file=sys.stderr)
             modes.remove(mode)
+    if "expr-baseline" in modes and not args.baseline:
+        parser.error("expr-baseline needs --baseline DIR (an earlier pktpath checkout)")
     if not os.path.exists("/sys/kernel/tracing/events"):
         subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
     startup: list[float] = []
@@ -219,7 +238,7 @@ def main() -> int:
                 for r in range(args.rounds):
                     for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
                         rates[mode].append(measure(mode, traffic, args.seconds, workdir,
-                                                   startup))
+                                                   startup, args.baseline))
                         time.sleep(0.3)
                     print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{m} {rates[m][-1]:,.0f}" for m in modes), file=sys.stderr)

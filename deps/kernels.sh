@@ -30,6 +30,11 @@ echo "$missing" | while read -r name suite package; do
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
   dpkg -x "$apt_dir/${package}"_*.deb "$out.tmp"
   rm -f "$apt_dir/${package}"_*.deb
+  # the package leaves modules.dep to its postinst: without it the guest finds no module
+  for modules in "$out.tmp"/lib/modules/* "$out.tmp"/usr/lib/modules/*; do
+    [ -d "$modules" ] || continue
+    /sbin/depmod -b "${modules%/lib/modules/*}" "$(basename "$modules")"
+  done
   rm -rf "$out" && mv "$out.tmp" "$out"
   say "$name: $(ls "$out/boot" | grep vmlinuz) in $out"
 done

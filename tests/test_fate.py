@@ -12,11 +12,12 @@ REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 6: "NETFILTER_DROP", 104: "QUEUE_
 
 
 class FakeSymbols(Symbols):
-    """Three functions at known addresses."""
+    """Five functions at known addresses."""
 
     def __init__(self) -> None:
-        self._addresses = [0x1000, 0x2000, 0x3000, 0x4000]
-        self._names = ["nf_hook_slow", "ip_local_deliver", "ip_forward", "ip_error"]
+        self._addresses = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000]
+        self._names = ["nf_hook_slow", "ip_local_deliver", "ip_forward", "ip_error",
+                       "icmpv6_rcv"]
 
 
 def judge() -> FateJudge:
@@ -91,3 +92,18 @@ def test_icmp_errors_in_words(kind: int, code: int, mtu: int, text: str) -> None
     from pktpath.core.fate import icmp_error_text
 
     assert icmp_error_text(kind, code, mtu) == text
+
+
+def test_an_answered_icmpv6_echo_request_freed_by_an_older_kernel_is_not_a_drop() -> None:
+    request = Packet(family="ipv6", src="fd00:200::1", dst="fd00:200::2", ip_proto=58,
+                     icmp_type=128, icmp_id=7, icmp_seq=1)
+    reply = Packet(family="ipv6", src="fd00:200::2", dst="fd00:200::1", ip_proto=58,
+                   icmp_type=129, icmp_id=7, icmp_seq=1)
+    unanswered = judge().judge(request, 2, 0x5010, ())
+    assert (unanswered.drop, unanswered.reason) == (True, "NOT_SPECIFIED")
+    j = judge()
+    j.observe(reply)  # the kernel sent the reply before freeing the request
+    answered = j.judge(request, 2, 0x5010, ())
+    assert (answered.drop, answered.explain) == (False, "the kernel answered the echo request")
+    elsewhere = j.judge(request, 2, 0x3010, ())  # freed in ip_forward: a drop all the same
+    assert elsewhere.drop

@@ -1,7 +1,10 @@
 #!/bin/bash
 # Runs inside a kernel of the matrix (booted by matrix.sh): the features' tests, each on its
 # own, results as "name passed|failed" lines in $1/results, pytest's output in $1/<name>.log.
+# $2 is the host's Python (the guest sees the host's files, not its PATH).
 out=$1
+python=$2
+export PATH=$(dirname "$python"):$PATH
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo" || exit 1
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
@@ -13,7 +16,7 @@ uname -r > "$out/kernel"
 : > "$out/results"
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
-  if CI=true timeout 600 python3 -m pytest -p no:cacheprovider -q -x "$test" \
+  if CI=true timeout 600 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
        > "$out/$name.log" 2>&1; then
     echo "$name passed" >> "$out/results"
   else

@@ -9,7 +9,8 @@ set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${PKTPATH_CACHE:-/var/cache/pktpath}
 say() { echo "pktpath kernels: $*" >&2; }
-command -v vng >/dev/null || { say "vng (virtme-ng) is missing: run make kernels-deps"; exit 1; }
+python=$(python3 -c 'import sys; print(sys.executable)')
+command -v vng >/dev/null || { say "vng (virtme-ng) is missing: run make deps"; exit 1; }
 bash "$repo/deps/kernels.sh" || exit 1
 kernels=("$@")
 [ ${#kernels[@]} -gt 0 ] || mapfile -t kernels < <(awk '!/^#/ && NF == 3 {print $1}' "$repo/deps/kernels")
@@ -19,8 +20,10 @@ for name in "${kernels[@]}"; do
   vmlinuz=$(ls "$CACHE/kernels/$name/boot"/vmlinuz-*)
   say "$name: booting $(basename "$vmlinuz") under QEMU (TCG, a few minutes)..."
   start=$SECONDS
+  # the guest sees the host's files, but vng hides /var/cache behind a tmpfs: show the cache
   timeout 1500 vng -r "$vmlinuz" --disable-kvm --memory 3G --cpus 2 --rwdir "$out" \
-    --exec "bash $repo/tests/kernels/guest.sh $out" > "$out/console.log" 2>&1
+    --rodir "$CACHE=$CACHE" \
+    --exec "bash $repo/tests/kernels/guest.sh $out $python" > "$out/console.log" 2>&1
   say "$name: $(grep -c passed "$out/results" 2>/dev/null || echo 0) passed in $((SECONDS - start)) s ($out)"
 done
 python3 "$repo/tests/kernels/table.py" "$results" "${kernels[@]}"

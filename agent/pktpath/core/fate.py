@@ -191,8 +191,9 @@ class FateJudge:
                  memory: int = 4096) -> None:
         self._reasons = reasons
         self._symbols = symbols
-        self._requests: deque[tuple[int, int, str | None, str | None]] = deque(maxlen=memory)
-        self._request_set: set[tuple[int, int, str | None, str | None]] = set()
+        # echo requests and replies seen on their way: (kind, id, sequence, source, dest)
+        self._echoes: deque[tuple[str, int, int, str | None, str | None]] = deque(maxlen=memory)
+        self._echo_set: set[tuple[str, int, int, str | None, str | None]] = set()
         self._errors: dict[int, IcmpSent] = {}  # by skb address, until its free arrives
         self._routes: dict[tuple[int, str | None, str | None], tuple[int, Route]] = {}
         self._memory = memory
@@ -205,13 +206,18 @@ class FateJudge:
         return self._symbols
 
     def observe(self, packet: Packet) -> None:
-        """Remember an echo request seen on its way, as evidence for rule 2."""
-        if packet.echo == "request" and packet.icmp_id is not None:
-            key = (packet.icmp_id, packet.icmp_seq or 0, packet.src, packet.dst)
-            if len(self._requests) == self._requests.maxlen:
-                self._request_set.discard(self._requests[0])
-            self._requests.append(key)
-            self._request_set.add(key)
+        """Remember an echo request or reply seen on its way, as evidence for rules 2 and 3."""
+        if packet.echo is not None and packet.icmp_id is not None:
+            key = (packet.echo, packet.icmp_id, packet.icmp_seq or 0, packet.src, packet.dst)
+            if len(self._echoes) == self._echoes.maxlen:
+                self._echo_set.discard(self._echoes[0])
+            self._echoes.append(key)
+            self._echo_set.add(key)
+
+    def _answered(self, packet: Packet, kind: str) -> bool:
+        """Whether the echo of the other kind (request for a reply, and back) was seen."""
+        return (kind, packet.icmp_id or 0, packet.icmp_seq or 0, packet.dst,
+                packet.src) in self._echo_set
 
     def route_lookup(self, cpu: int, time_ns: int, packet: Packet, table: int, error: int,
                      interface: str, gateway: bytes) -> None:
@@ -272,11 +278,13 @@ class FateJudge:
         if name == "QUEUE_PURGE":
             return Fate(False, name, where, "a socket queue was purged (not a drop)")
         if (name in ("NO_SOCKET", UNKNOWN) and packet.echo == "reply"
-                and packet.icmp_id is not None):
-            asked = (packet.icmp_id, packet.icmp_seq or 0, packet.dst, packet.src)
-            if asked in self._request_set:
-                return Fate(False, name, where,
-                            "the pinging raw socket received a copy")
+                and self._answered(packet, "request")):
+            return Fate(False, name, where, "the pinging raw socket received a copy")
+        if (name in ("NOT_SPECIFIED", UNKNOWN) and packet.echo == "request"
+                and self.symbols.function(location) in ("icmp_rcv", "icmpv6_rcv")
+                and self._answered(packet, "reply")):
+            # older kernels (6.1, 5.10) free an answered ICMPv6 echo request with kfree_skb
+            return Fate(False, name, where, "the kernel answered the echo request")
         return Fate(True, name, where, self._explain(name, packet, stack, location))
 
     def _explain(self, name: str, packet: Packet, stack: tuple[int, ...],

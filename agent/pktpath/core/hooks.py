@@ -67,6 +67,30 @@ def select_hooks(flags: Collection[str] = ()) -> tuple[Hook, ...]:
 DEFAULT_HOOKS = select_hooks()
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The program a kernel allows for a hook: its name (after the program type) and what is
+    missing with it; or, when none fits, why."""
+
+    program: str | None = None
+    note: str | None = None
+    error: str | None = None
+
+
+def choose_program(hook: Hook, args: int | None) -> Choice:
+    """The program for hook on a kernel whose tracepoint passes args arguments (None: the
+    kernel has no such tracepoint)."""
+    spec = BY_HOOK[hook]
+    if args is None:
+        return Choice(error=f"this kernel has no tracepoint {hook.tracepoint}")
+    if args >= spec.args:
+        return Choice(hook.tracepoint)
+    if spec.older is not None and args >= spec.older.args:
+        return Choice(spec.older.program, spec.older.without)
+    return Choice(error=f"this kernel's {hook.tracepoint} has {args} arguments, pktpath reads "
+                        f"{spec.args}")
+
+
 def without(hook: Hook) -> str:
     """What the output lacks when hook cannot attach."""
     return BY_HOOK[hook].without

@@ -18,7 +18,7 @@ from importlib import resources
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import CONFIG_STRUCT, Counter, Hook
-from pktpath.core.hooks import BY_HOOK, DEFAULT_HOOKS
+from pktpath.core.hooks import DEFAULT_HOOKS, choose_program
 from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
 from pktpath.core.translate import INSN, find_region
@@ -166,18 +166,9 @@ class Probes:
         why none: a kernel without the tracepoint, or with fewer arguments than pktpath reads."""
         args = tracepoint_args(self._bpf, [h.tracepoint for h in self._hooks])
         for hook in self._hooks:
-            spec, status = BY_HOOK[hook], HookStatus(hook)
-            self.report.hooks.append(status)
-            have = args.get(hook.tracepoint)
-            if have is None:
-                status.error = f"this kernel has no tracepoint {hook.tracepoint}"
-            elif have >= spec.args:
-                status.program = hook.tracepoint
-            elif spec.older is not None and have >= spec.older.args:
-                status.program, status.note = spec.older.program, spec.older.without
-            else:
-                status.error = (f"this kernel's {hook.tracepoint} has {have} arguments, "
-                                f"pktpath reads {spec.args}")
+            choice = choose_program(hook, args.get(hook.tracepoint))
+            self.report.hooks.append(HookStatus(hook, error=choice.error, program=choice.program,
+                                                note=choice.note))
 
     def _load(self, hook_type: str) -> None:
         bpf = self._bpf
