@@ -25,6 +25,9 @@ import deps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# how much slower than this machine the tests run: the kernel matrix's guests are emulated
+# (QEMU without KVM) and set it, so waits for a process to start or a trace to end stretch
+SLOWDOWN = float(os.environ.get("PKTPATH_TEST_SLOWDOWN", "1"))
 
 
 # a test that uses one of these needs root, the kernel's BPF or the API server: it is marked
@@ -88,7 +91,7 @@ class TraceRun:
     returncode: int | None = None
     env: dict[str, str] | None = None  # added to the environment
 
-    def start(self, timeout: float = 20) -> TraceRun:
+    def start(self, timeout: float = 20 * SLOWDOWN) -> TraceRun:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pktpath", "trace", *self.args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from conftest import SLOWDOWN
+
 import deps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +191,7 @@ class AgentProcess:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> AgentProcess:
+    def start(self, timeout: float = 30 * SLOWDOWN) -> AgentProcess:
         self.port = free_port()
         env = dict(os.environ, KUBECONFIG=self.kubeconfig)
         log = open(self.logfile, "ab")  # noqa: SIM115

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import rss_mib
+from conftest import SLOWDOWN, rss_mib
 from netlab import Netlab, k8s_node, k8s_pod, vxlan_join
 
 import deps
@@ -38,7 +38,7 @@ def packet_trace(name: str, namespace: str, source: dict[str, Any], destination:
 
 
 def wait_phase(cluster: Any, namespace: str, name: str, phases: tuple[str, ...],
-               timeout: float = 40) -> dict[str, Any]:
+               timeout: float = 40 * SLOWDOWN) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:

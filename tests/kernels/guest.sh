@@ -5,6 +5,7 @@
 out=$1
 python=$2
 export PATH=$(dirname "$python"):$PATH
+export PKTPATH_TEST_SLOWDOWN=5  # emulated: everything takes longer
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo" || exit 1
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null

@@ -173,6 +173,7 @@ class Fate:
     explain: str | None = None
     icmp_sent: IcmpSent | None = None
     nf_rule: NfRule | None = None  # with --nf-trace: the nftables rule that decided
+    consumed: bool = False  # a free after use that newer kernels report as consume_skb
 
 
 def _address(raw: bytes, packet: Packet) -> str | None:
@@ -284,7 +285,8 @@ class FateJudge:
                 and self.symbols.function(location) in ("icmp_rcv", "icmpv6_rcv")
                 and self._answered(packet, "reply")):
             # older kernels (6.1, 5.10) free an answered ICMPv6 echo request with kfree_skb
-            return Fate(False, name, where, "the kernel answered the echo request")
+            return Fate(False, name, where, "the kernel answered the echo request",
+                        consumed=True)
         return Fate(True, name, where, self._explain(name, packet, stack, location))
 
     def _explain(self, name: str, packet: Packet, stack: tuple[int, ...],

@@ -69,6 +69,8 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None,
     if event.hook == Hook.KFREE_SKB:
         fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
                            event.nexthop, route)
+        if fate.consumed:
+            return None  # as newer kernels, which report it at consume_skb (not shown)
         return Hop(event, packet, fate, since, route)
     judge.observe(packet)
     return Hop(event, packet, None, since,
