@@ -6,6 +6,7 @@ developer's machine and fail under CI (CI=true), where everything must run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+@functools.cache
+def kernel_tracepoints() -> dict[str, int | None]:
+    """Arguments of the tracepoints whose presence changes what a test may expect."""
+    from pktpath.core.libbpf import Libbpf
+    from pktpath.core.symbols import tracepoint_args
+
+    return tracepoint_args(Libbpf(), ["kfree_skb", "icmp_send"])
+
+
+def reason(name: str) -> str:
+    """The drop reason a test expects: name, or UNKNOWN on a kernel that gives none (< 5.17)."""
+    args = kernel_tracepoints()["kfree_skb"]
+    return name if args is not None and args >= 3 else "UNKNOWN"
+
+
+def kernel_sends_icmp_events() -> bool:
+    """Whether the kernel has the icmp:icmp_send tracepoint (5.10 has not)."""
+    return kernel_tracepoints()["icmp_send"] is not None
 
 
 def need(condition: bool, what: str) -> None:
