@@ -75,17 +75,20 @@ def test_pod_to_pod_on_one_node(cluster: Any, agents: Any, lab: Netlab) -> None:
     agent = agents("node-a", node.ns.path)
 
     cluster.apply(packet_trace("web-to-db", ns, {"pod": "web-0"}, {"pod": "db-1"},
-                               probe={"count": 3, "interval": "200ms"}, timeout="20s"))
-    body = wait_phase(cluster, ns, "web-to-db", ("Succeeded", "Failed"))
+                               probe={"count": 3, "interval": "200ms"},
+                               timeout=f"{round(20 * SLOWDOWN)}s"))
+    body = wait_phase(cluster, ns, "web-to-db", ("Succeeded", "Failed"), 60 * SLOWDOWN)
 
     status = body["status"]
+    print(json.dumps({k: v for k, v in status.items() if k != "conditions"}))  # on failure
     assert status["phase"] == "Succeeded", status
     vw, vd = node.veths["web-0"], node.veths["db-1"]
     assert path_of(body) == [
         ("node-a", f"{ns}/web-0", "eth0", "request"), ("node-a", "host", vw, "request"),
         ("node-a", "host", vd, "request"), ("node-a", f"{ns}/db-1", "eth0", "request"),
         ("node-a", f"{ns}/db-1", "eth0", "reply"), ("node-a", "host", vd, "reply"),
-        ("node-a", "host", vw, "reply"), ("node-a", f"{ns}/web-0", "eth0", "reply")]
+        ("node-a", "host", vw, "reply"), ("node-a", f"{ns}/web-0", "eth0", "reply")], (
+        agent.log()[-3000:])
     assert status["path"][0]["sinceNs"] == 0
     assert [h["sinceNs"] for h in status["path"]] == sorted(h["sinceNs"] for h in status["path"])
     assert status["result"] == "delivered (3/3 probes answered)"

@@ -1,9 +1,11 @@
 #!/bin/bash
 # Runs inside a kernel of the matrix (booted by matrix.sh): the features' tests, each on its
 # own, results as "name passed|failed" lines in $1/results, pytest's output in $1/<name>.log.
-# $2 is the host's Python (the guest sees the host's files, not its PATH).
+# $2 is the host's Python (the guest sees the host's files, not its PATH); $3, if given, the
+# features to run (comma-separated names).
 out=$1
 python=$2
+only=${3:-}
 export PATH=$(dirname "$python"):$PATH
 export PKTPATH_TEST_SLOWDOWN=5  # emulated: everything takes longer
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,11 +19,13 @@ uname -r > "$out/kernel"
 : > "$out/results"
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
+  [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
   if CI=true timeout 600 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
        > "$out/$name.log" 2>&1; then
     echo "$name passed" >> "$out/results"
   else
     echo "$name failed" >> "$out/results"
+    cp -rL /tmp/pytest-of-*/pytest-current "$out/$name.tmp" 2>/dev/null  # logs of what ran
   fi
 done
 echo done >> "$out/results"

@@ -5,6 +5,7 @@
 # table, and fail when a feature that tests/kernels/expected says works on a kernel fails.
 #
 # Usage: tests/kernels/matrix.sh [KERNEL...]   (default: every kernel of deps/kernels)
+#        PKTPATH_FEATURES=agent,udp tests/kernels/matrix.sh 5.10   (some features only)
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${PKTPATH_CACHE:-/var/cache/pktpath}
@@ -23,7 +24,7 @@ for name in "${kernels[@]}"; do
   # the guest sees the host's files, but vng hides /var/cache behind a tmpfs: show the cache
   timeout 1500 vng -r "$vmlinuz" --disable-kvm --memory 3G --cpus 2 --rwdir "$out" \
     --rodir "$CACHE=$CACHE" \
-    --exec "bash $repo/tests/kernels/guest.sh $out $python" > "$out/console.log" 2>&1
+    --exec "bash $repo/tests/kernels/guest.sh $out $python ${PKTPATH_FEATURES:-}" > "$out/console.log" 2>&1
   say "$name: $(grep -c passed "$out/results" 2>/dev/null || echo 0) passed in $((SECONDS - start)) s ($out)"
 done
 python3 "$repo/tests/kernels/table.py" "$results" "${kernels[@]}"

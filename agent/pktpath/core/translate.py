@@ -196,9 +196,8 @@ def _view(view: str, program: Sequence[ClassicInsn]) -> list[Item]:
     return e.items
 
 
-def _reachable(items: list[Item]) -> list[Item]:
-    """The items without instructions no path from the start reaches."""
-    insns = [i for i in items if isinstance(i, Insn)]
+def _positions(items: list[Item]) -> dict[str, int]:
+    """Each label's instruction index."""
     where: dict[str, int] = {}
     count = 0
     for item in items:
@@ -206,6 +205,13 @@ def _reachable(items: list[Item]) -> list[Item]:
             where[item] = count
         else:
             count += 1
+    return where
+
+
+def _reachable(items: list[Item]) -> list[Item]:
+    """The items without instructions no path from the start reaches."""
+    insns = [i for i in items if isinstance(i, Insn)]
+    where = _positions(items)
     seen: set[int] = set()
     todo = [0]
     while todo:
@@ -231,13 +237,8 @@ def _reachable(items: list[Item]) -> list[Item]:
 
 
 def _resolve(items: list[Item]) -> Iterator[bytes]:
-    where: dict[str, int] = {}
-    count = 0
-    for item in items:
-        if isinstance(item, str):
-            where[item] = count
-        else:
-            count += 1
+    """The instructions encoded, each jump's offset counted to its label."""
+    where = _positions(items)
     n = 0
     for item in items:
         if isinstance(item, str):
