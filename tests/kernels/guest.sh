@@ -20,8 +20,11 @@ uname -r > "$out/kernel"
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
   [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
-  if CI=true timeout 600 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
-       > "$out/$name.log" 2>&1; then
+  # an emulated kernel is slow and its timing uneven: a failure is tried once more
+  if CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
+       > "$out/$name.log" 2>&1 ||
+     CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
+       >> "$out/$name.log" 2>&1; then
     echo "$name passed" >> "$out/results"
   else
     echo "$name failed" >> "$out/results"
