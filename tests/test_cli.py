@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from conftest import REPO, need
@@ -137,3 +138,25 @@ def test_demo_interrupted_removes_everything(e2e: None) -> None:
     assert proc.returncode == 0, rest
     assert "removed the demo's namespaces" in rest
     assert not any(n.startswith(mine) for n in os.listdir("/run/netns"))
+
+
+def test_agent_says_whether_its_host_namespace_is_missing_or_unreadable(tmp_path: Any) -> None:
+    missing = pktpath("agent", "--node", "n1", "--host-netns", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"pktpath: the node's network namespace "
+                                     f"{tmp_path / 'nope'} does not exist")
+    # /proc/1/ns/net of a process this one may not inspect (PID 1 here is hidden from everyone;
+    # elsewhere, a normal user looking at init's)
+    unreadable = "/proc/1/ns/net"
+    try:
+        os.stat(unreadable)
+    except PermissionError:
+        pass
+    else:
+        pytest.skip("this process may open /proc/1/ns/net")
+    denied = pktpath("agent", "--node", "n1", "--host-netns", unreadable)
+    assert denied.returncode == 1
+    assert denied.stderr == ("pktpath: the node's network namespace /proc/1/ns/net cannot be "
+                             "opened (permission denied): give the agent the host PID namespace "
+                             "and CAP_SYS_PTRACE, or --host-netns /proc/self/ns/net when it "
+                             "shares the host's network\n")

@@ -289,8 +289,15 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``pktpath agent``."""
     if not args.node:
         raise UsageError("the agent needs its node name: --node or $NODE_NAME")
-    if not os.path.exists(args.host_netns):
-        raise UsageError(f"the node's network namespace {args.host_netns} does not exist")
+    try:
+        os.stat(args.host_netns)
+    except FileNotFoundError:
+        raise UsageError(f"the node's network namespace {args.host_netns} does not exist") from None
+    except PermissionError:
+        raise PktpathError(f"the node's network namespace {args.host_netns} cannot be opened "
+                           "(permission denied): give the agent the host PID namespace and "
+                           "CAP_SYS_PTRACE, or --host-netns /proc/self/ns/net when it shares the "
+                           "host's network") from None
     if ":" not in args.listen or not args.listen.rpartition(":")[2].isdigit():
         raise UsageError(f"--listen {args.listen!r} is not HOST:PORT")
     require_tracing()
