@@ -21,8 +21,7 @@ def main(results: str, kernels: list[str]) -> int:
     features = [row[0] for row in read_table("features")]
     lacking = {(row[0], row[1]): row[2].strip() for row in read_table("expected")}
     width = max(len(f) for f in features) + 2
-    print(f"{'feature':<{width}}" + "".join(f"{k:<12}" for k in kernels) + "host (" +
-          os.uname().release + ")")
+    print(f"{'feature':<{width}}" + "".join(f"{k:<12}" for k in kernels))
     regressions = []
     outcome: dict[tuple[str, str], str] = {}
     for kernel in kernels:
