@@ -24,7 +24,7 @@ for name in "${kernels[@]}"; do
   # the guest sees the host's files, but vng hides /var/cache behind a tmpfs: show the cache
   timeout 2400 vng -r "$vmlinuz" --disable-kvm --memory 3G --cpus 2 --rwdir "$out" \
     --rodir "$CACHE=$CACHE" \
-    --exec "bash $repo/tests/kernels/guest.sh $out $python ${PKTPATH_FEATURES:-}" > "$out/console.log" 2>&1
+    --exec "PKTPATH_CACHE=$CACHE bash $repo/tests/kernels/guest.sh $out $python ${PKTPATH_FEATURES:-}" > "$out/console.log" 2>&1
   say "$name: $(grep -c passed "$out/results" 2>/dev/null || echo 0) passed in $((SECONDS - start)) s ($out)"
 done
 python3 "$repo/tests/kernels/table.py" "$results" "${kernels[@]}"
