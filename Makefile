@@ -5,11 +5,13 @@
 PYTHON ?= python3
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libpcap0.8 bpftool make gcc iproute2 iputils-ping tmux tshark \
 	iptables nftables util-linux libcap2-bin openssl \
-	qemu-system-x86 busybox-static kmod
+	qemu-system-x86 busybox-static kmod \
+	containerd runc containernetworking-plugins mmdebstrap umoci
 
-.PHONY: deps deps-packages deps-tools deps-kernels bpf test kernels lint bench bench-deps
+.PHONY: deps deps-packages deps-tools deps-images deps-kernels bpf test kernels lint bench \
+	bench-deps cluster cluster-down
 
-deps: deps-packages deps-tools deps-kernels  ## install and build what the tests need (Debian, root)
+deps: deps-packages deps-tools deps-images deps-kernels  ## install and build what the tests need (Debian, root)
 
 deps-packages:
 	@echo "pktpath deps: Debian packages and the Python package..." >&2
@@ -19,6 +21,9 @@ deps-packages:
 
 deps-tools:  ## build the programs of deps/go-tools into $PKTPATH_CACHE (minutes the first time)
 	bash deps/build.sh
+
+deps-images:  ## the agent, workload and pause images, without a registry ($PKTPATH_CACHE/images)
+	bash deps/images.sh >/dev/null
 
 deps-kernels:  ## fetch the kernels of deps/kernels into $PKTPATH_CACHE/kernels
 	bash deps/kernels.sh
@@ -42,3 +47,9 @@ bench:  ## the benchmark suite (see bench/suite.py --help; peers need make bench
 
 bench-deps:  ## the peers the suite compares with
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace linux-perf
+
+cluster:  ## a real one-node cluster with pktpath installed by helm; prints KUBECONFIG=... last
+	@$(PYTHON) tests/realcluster.py up
+
+cluster-down:  ## remove everything `make cluster` set up
+	@$(PYTHON) tests/realcluster.py down

@@ -33,14 +33,20 @@ SLOWDOWN = float(os.environ.get("PKTPATH_TEST_SLOWDOWN", "1"))
 
 # a test that uses one of these needs root, the kernel's BPF or the API server: it is marked
 # e2e, so `pytest -m "not e2e"` runs the unit tests alone, in seconds, as any user
-E2E_FIXTURES = {"e2e", "lab", "trace", "cluster", "agents"}
+E2E_FIXTURES = {"e2e", "lab", "trace", "cluster", "agents", "realnode", "images"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs an end-to-end fixture as e2e."""
+    """Mark every test that needs an end-to-end fixture as e2e; the real node's tests last.
+
+    The real node (tests/realcluster.py) lives from its first test to the end of the session;
+    its pods' namespaces and kubelet's traffic would be seen by the other tests' system-wide
+    tracing, so the tests that use it run after all the others.
+    """
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: "realnode" in getattr(item, "fixturenames", ()))
 
 
 @functools.cache
@@ -223,3 +229,39 @@ def agents(cluster: Any, tmp_path: Any) -> Iterator[Any]:
     yield start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def realnode() -> Iterator[Any]:
+    """A real one-node cluster (kubelet, containerd, CNI, kube-proxy) with pktpath installed by
+    helm (tests/realcluster.py), for the session; removed completely at its end."""
+    from realcluster import NODE_LINK, Cluster
+
+    need(os.geteuid() == 0, "the real node needs root")
+    absent = deps.missing("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                          "kubelet", "kube-proxy", "kubectl", "helm")
+    need(absent is None, str(absent))
+    for tool in ("containerd", "runc", "mmdebstrap", "umoci"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed: run `make deps`")
+    if os.path.exists(f"/sys/class/net/{NODE_LINK}"):
+        pytest.fail("a cluster from `make cluster` is up (it has the node's address): "
+                    "run `make cluster-down` first")
+    node = Cluster(f"/run/pktpath-test-cluster.{os.getpid()}")
+    node.up()
+    try:
+        yield node
+    finally:
+        node.down()
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, tuple[str, str]]:
+    """The images of deps/images.sh: name -> (reference, OCI archive). Built by `make deps`;
+    the agent's is rebuilt here (about 20 s) when the working tree changed since."""
+    need(os.geteuid() == 0, "building images needs root (mmdebstrap, chroot)")
+    for tool in ("mmdebstrap", "umoci"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed: run `make deps`")
+    out = subprocess.run(["bash", os.path.join(REPO, "deps", "images.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return {name: (ref, archive) for name, ref, archive in
+            (line.split() for line in out.splitlines() if line.strip())}

@@ -60,6 +60,20 @@ def test_a_probe_without_reply_says_where_it_was_last_seen() -> None:
     assert merged.status["result"] == "no reply: last seen at node-b host flannel.1 (request)"
     summary = [(r["interface"], r["seen"], r["sent"], r["loss"]) for r in merged.status["summary"]]
     assert summary == [("eth0", 2, 2, "0.0%"), ("flannel.1", 1, 2, "50.0%")]
+    # not one probe answered: the trace failed, and says why
+    assert merged.status["phase"] == "Failed" and merged.finished
+    complete = next(c for c in merged.status["conditions"] if c["type"] == "Complete")
+    assert (complete["reason"], complete["message"]) == ("NotDelivered", merged.status["result"])
+
+
+def test_one_probe_answered_of_two_succeeds() -> None:
+    a = node_part("node-a", "Done", [hop("node-a", "shop/web-0", "eth0", "request", 1),
+                                     hop("node-a", "shop/web-0", "eth0", "request", 9, 2),
+                                     hop("node-a", "shop/web-0", "eth0", "reply", 20, 2)],
+                  probes_sent=2)
+    merged = merge(body(a), SPEC, ENDS, now=T0 + 5)
+    assert (merged.status["phase"], merged.status["result"]) == ("Succeeded",
+                                                                 "1/2 probes answered")
 
 
 def test_a_probe_sent_twice_counts_once() -> None:

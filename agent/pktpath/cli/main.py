@@ -186,12 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     node_agent.add_argument("--node", default=os.environ.get("NODE_NAME"),
                             help="this node's name (default: $NODE_NAME)")
-    node_agent.add_argument("--host-netns", default="/proc/1/ns/net", metavar="PATH",
-                            help="the node's own network namespace (default: /proc/1/ns/net, "
-                            "the host's when the pod shares the host PID namespace)")
+    node_agent.add_argument("--host-netns", default="/proc/self/ns/net", metavar="PATH",
+                            help="the node's own network namespace (default: /proc/self/ns/net, "
+                            "the node's when the agent shares the host network, as the "
+                            "DaemonSet does)")
     node_agent.add_argument("--listen", default="0.0.0.0:9900", metavar="HOST:PORT",
                             help="address of /metrics and /healthz (default 0.0.0.0:9900)")
     node_agent.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+    node_agent.add_argument("--max-traces", type=_positive, default=20, metavar="N",
+                            help="traces run at once; more wait for a slot (default 20: each "
+                            "running trace holds about 5 MiB of the agent's memory)")
     return parser
 
 
@@ -306,7 +310,7 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pktpath.k8s.operator import run as run_agent
 
     configure_logging(err)
-    return run_agent(args.node, args.host_netns, args.listen, args.hook_type)
+    return run_agent(args.node, args.host_netns, args.listen, args.hook_type, args.max_traces)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import ctypes
 import dataclasses
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -95,6 +95,7 @@ class Probes:
         libbpf: Libbpf | None = None,
         path: str | None = None,
         expression: bytes = b"",
+        map_entries: Mapping[str, int] | None = None,
     ) -> None:
         if len(config) != CONFIG_STRUCT.size:
             raise ValueError(f"config is {len(config)} bytes, expected {CONFIG_STRUCT.size}")
@@ -110,6 +111,7 @@ class Probes:
         self._hooks = list(hooks)
         self._hook_type = hook_type
         self._ring_bytes = ring_bytes
+        self._map_entries = dict(map_entries or {})  # map name -> max_entries, to shrink maps
         self._bpf = libbpf or Libbpf()
         self._path = path or object_path()
         self._obj: int | None = None
@@ -195,6 +197,9 @@ class Probes:
         ctypes.memmove(init, self._config, len(self._config))
         ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"), "events")
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
+        for name, entries in self._map_entries.items():
+            found = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), name)
+            bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
         bpf.take_log()
         bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
         self._maps = Maps.of(bpf, self._obj)

@@ -9,7 +9,7 @@ import ctypes
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pktpath.core.errors import PktpathError
@@ -89,6 +89,7 @@ class Tracer:
         ring_bytes: int = DEFAULT_RING_BYTES,
         symbols: Symbols | None = None,
         reasons: dict[int, str] | None = None,
+        map_entries: Mapping[str, int] | None = None,
     ) -> None:
         self.filter = trace_filter
         # what the kernel calls its code addresses and drop reasons: shared between tracers
@@ -97,7 +98,8 @@ class Tracer:
         self._reasons = reasons
         region = trace_filter.expression.region if trace_filter.expression else b""
         self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
-                              ring_bytes=ring_bytes, expression=region)
+                              ring_bytes=ring_bytes, expression=region,
+                              map_entries=map_entries)
         self._pending: list[bytes] = []
         self._rb = 0
         self._judge: FateJudge | None = None

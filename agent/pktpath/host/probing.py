@@ -71,21 +71,35 @@ class Prober:
         self.sports[sock.getsockname()[1]] = number
         if self.protocol == "udp":
             sock.sendto(b"pktpath probe", (self.dst, self.port))
-            sock.close()
-            return
-        err = sock.connect_ex((self.dst, self.port))  # the SYN leaves now
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            return
-        self._open.append(sock)  # closed later, so the kernel does not answer a SYN-ACK with RST
+        else:
+            err = sock.connect_ex((self.dst, self.port))  # the SYN leaves now
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                return
+        # kept open until close(): a reply finds its socket, so the source does not answer it
+        # with a port unreachable (UDP) or a RST (TCP) that would show up as a drop in the path
+        self._open.append(sock)
 
     def identify(self, packet: Packet) -> tuple[int, str] | None:
         """(probe number, "request" or "reply") of a packet of these probes, else None."""
         return probe_identity(packet, self.protocol, self.ident, self.sports)
 
     def close(self) -> None:
-        """Close every socket."""
+        """Close every socket (reading what replies wait, so none is purged as a drop)."""
         for sock in [*self._open, *([self._icmp] if self._icmp else [])]:
+            if sock.type == socket.SOCK_DGRAM:
+                _drain(sock)
             sock.close()
         self._open.clear()
         self._icmp = None
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read every datagram waiting on a non-blocking socket."""
+    while True:
+        try:
+            sock.recv(2048)
+        except BlockingIOError:
+            return
+        except OSError:  # a queued ICMP error (port unreachable): reported once, read on
+            continue

@@ -23,7 +23,13 @@ from pktpath.core.libbpf import Libbpf
 from pktpath.core.symbols import Symbols, drop_reasons
 from pktpath.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo
 from pktpath.k8s.metrics import Metrics, serve
-from pktpath.k8s.node_trace import AgentContext, TraceSession, manager, write_merged
+from pktpath.k8s.node_trace import (
+    DEFAULT_MAX_TRACES,
+    AgentContext,
+    TraceSession,
+    manager,
+    write_merged,
+)
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
 from pktpath.k8s.status import STALE_AFTER, Ends, node_part, parse_time
@@ -191,14 +197,16 @@ def _ref(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
 
 
-def run(node: str, host_netns: str, listen: str, hook_type: str = "auto") -> int:
+def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
+        max_traces: int = DEFAULT_MAX_TRACES) -> int:
     """Run the agent until SIGINT or SIGTERM."""
     import kopf
 
     metrics = Metrics()
     kube = Kube(errors=lambda: metrics.add("api_errors"))
     ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type,
-                       Symbols(), drop_reasons(Libbpf()))
+                       Symbols(), drop_reasons(Libbpf()),
+                       slots=threading.BoundedSemaphore(max_traces))
     agent = Agent(ctx)
     ready = threading.Event()
     server = serve(listen, metrics, ready)

@@ -146,18 +146,21 @@ def merge(body: Mapping[str, Any], spec: TraceSpec | None, ends: Ends | None,
     out["hops"] = len(path)
     out["summary"] = _summary(path, table_of(status))
     out["result"] = _result(spec, ends, ordered, path, sent)
+    # probes were sent and not one was answered: the packets did not get through
+    undelivered = bool(spec.probe_count) and sent > 0 and _replies(ends, ordered) == 0
 
+    reason = "Tracing"
     if failures:
-        out["phase"] = "Failed"
+        out["phase"], reason = "Failed", "NodeFailed"
     elif not parts:
         out["phase"] = "Pending"
     elif all(p == "Done" for p in phases):
-        out["phase"] = "Succeeded"
+        out["phase"], reason = ("Failed", "NotDelivered") if undelivered else ("Succeeded",
+                                                                               "Finished")
     else:
         out["phase"] = "Running"
     finished = out["phase"] in ("Succeeded", "Failed")
-    complete = _condition("Complete", "True" if finished else "False",
-                          "NodeFailed" if failures else ("Finished" if finished else "Tracing"),
+    complete = _condition("Complete", "True" if finished else "False", reason,
                           "; ".join(failures) or out["result"])
     out["conditions"] = [_condition("Valid", "True", "Resolved",
                                     f"tracing {out['from']} -> {out['to']}"), complete]
@@ -209,19 +212,20 @@ def _summary(path: list[dict[str, Any]], table: Table) -> list[dict[str, Any]]:
     return rows
 
 
+def _replies(ends: Ends, ordered: Mapping[int, list[dict[str, Any]]]) -> int:
+    """How many probes were answered: a reply seen (at the source pod, when it is a pod)."""
+    source = ends.source_pod.ref if ends.source_pod else None
+    return sum(any(h["direction"] == "reply" and (source is None or h.get("pod") == source)
+                   for h in hops) for hops in ordered.values())
+
+
 def _result(spec: TraceSpec, ends: Ends, ordered: Mapping[int, list[dict[str, Any]]],
             path: list[dict[str, Any]], sent: int) -> str:
     if not spec.probe_count:
         return f"{sum(len(h) for h in ordered.values())} hops of {len(ordered)} packets seen"
     if not path:
         return "nothing seen yet" if not sent else f"no hop seen of {sent} probes"
-    source = ends.source_pod.ref if ends.source_pod else None
-
-    def answered(hops: list[dict[str, Any]]) -> bool:
-        return any(h["direction"] == "reply" and (source is None or h.get("pod") == source)
-                   for h in hops)
-
-    replies = sum(answered(hops) for hops in ordered.values())
+    replies = _replies(ends, ordered)
     total = max(sent, len(ordered))
     drop = next((h for h in path if h.get("drop")), None)
     if drop is not None and replies < total:
