@@ -36,6 +36,7 @@ enum pktpath_hook {
 	PKTPATH_HOOK_FIB_TABLE_LOOKUP = 5,  /* fib:fib_table_lookup, IPv4 routing decision */
 	PKTPATH_HOOK_FIB6_TABLE_LOOKUP = 6, /* fib6:fib6_table_lookup, IPv6 routing decision */
 	PKTPATH_HOOK_CONSUME_SKB = 7,       /* skb:consume_skb, freed after use: ends tracking */
+	PKTPATH_HOOK_DROP_COUNT = 8,        /* skb:kfree_skb for the drop watch: counted, no event */
 };
 
 /* pktpath_event.flags */
@@ -119,7 +120,17 @@ enum pktpath_proto {
 enum pktpath_counter {
 	PKTPATH_COUNTER_EMITTED = 0,   /* events written to the ring buffer */
 	PKTPATH_COUNTER_LOST = 1,      /* wanted packets dropped because the ring buffer was full */
-	PKTPATH_COUNTER_MAX = 2,
+	PKTPATH_COUNTER_DROPS_OVERFLOW = 2, /* drops not counted: drop_counts had no room for a key */
+	PKTPATH_COUNTER_MAX = 3,
+};
+
+/* The drop watch's per-CPU counts (map drop_counts): one per place and cause of drops. */
+struct pktpath_drop_key {
+	__u32 netns;    /* inode of the device's namespace, 0 when the skb had no device */
+	__u32 ifindex;  /* the device the skb was on, 0 for none */
+	__u32 reason;   /* enum skb_drop_reason, 0 on kernels without reasons (< 5.17) */
+	__u32 pad;
+	__u64 location; /* the kernel code address that freed it */
 };
 
 #endif /* PKTPATH_EVENT_H */

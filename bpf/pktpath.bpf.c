@@ -11,7 +11,8 @@
  *
  * The parts live in headers, each standing alone on common.h (includes, config, ring buffer,
  * counters, memory access): filter.h (which packets are wanted), expression.h (tcpdump
- * expressions), track.h (one packet across its hops), routes.h (--routes). event.h is the
+ * expressions), track.h (one packet across its hops), routes.h (--routes), dropwatch.h (drops
+ * counted, not traced). event.h is the
  * layout shared with the Python side.
  */
 #include "common.h"
@@ -19,12 +20,14 @@
 #include "expression.h"
 #include "track.h"
 #include "routes.h"
+#include "dropwatch.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 /* Make the shared types visible in the object's BTF for the layout test. */
 struct pktpath_event *unused_event __attribute__((unused));
 struct pktpath_flow *unused_flow __attribute__((unused));
+struct pktpath_drop_key *unused_drop_key __attribute__((unused));
 struct pktpath_expr_scratch *unused_scratch __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));
@@ -244,6 +247,11 @@ TWIN(icmp_send, handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, btf, 0,
 		       (type & 0xFF) << 8 | (code & 0xFF)),
      struct sk_buff *skb, int type, int code)
 TWIN(consume_skb, untrack(skb, btf), struct sk_buff *skb)
+/* the drop watch: kfree_skb counted in drop_counts, with or without reasons */
+TWIN_AS(drop_count, kfree_skb, count_drop(skb, btf, (__u64)location, reason),
+	struct sk_buff *skb, void *location, int reason)
+TWIN_AS(drop_count_noreason, kfree_skb, count_drop(skb, btf, (__u64)location, 0),
+	struct sk_buff *skb, void *location)
 TWIN(fib_table_lookup, route_lookup(table, flp, nhc, err, btf),
      __u32 table, struct flowi4 *flp, struct fib_nh_common *nhc, int err)
 TWIN(fib6_table_lookup, route6_lookup(net, res, table, flp, btf),

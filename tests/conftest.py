@@ -33,7 +33,7 @@ SLOWDOWN = float(os.environ.get("PKTPATH_TEST_SLOWDOWN", "1"))
 
 # a test that uses one of these needs root, the kernel's BPF or the API server: it is marked
 # e2e, so `pytest -m "not e2e"` runs the unit tests alone, in seconds, as any user
-E2E_FIXTURES = {"e2e", "lab", "trace", "cluster", "agents", "realnode", "images"}
+E2E_FIXTURES = {"e2e", "lab", "trace", "drops", "cluster", "agents", "realnode", "images"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,10 +117,11 @@ class TraceRun:
     stdout: str = ""
     returncode: int | None = None
     env: dict[str, str] | None = None  # added to the environment
+    command: str = "trace"  # or drops
 
     def start(self, timeout: float = 20 * SLOWDOWN) -> TraceRun:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pktpath", "trace", *self.args],
+            [sys.executable, "-m", "pktpath", self.command, *self.args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(self.env or {})})
         assert self.proc.stderr is not None
@@ -130,7 +131,7 @@ class TraceRun:
             assert self.proc is not None and self.proc.stderr is not None
             for line in self.proc.stderr:
                 self.stderr_lines.append(line.rstrip("\n"))
-                if "tracing" in line:
+                if "tracing" in line or "counting drops" in line:
                     ready.set()
             ready.set()
 
@@ -144,7 +145,7 @@ class TraceRun:
             reader.start()
         if not ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
-            raise AssertionError(f"pktpath trace did not start: {self.stderr}")
+            raise AssertionError(f"pktpath {self.command} did not start: {self.stderr}")
         return self
 
     @property
@@ -182,6 +183,23 @@ def trace(e2e: None) -> Iterator[Any]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> TraceRun:
         run = TraceRun(list(args), env=env)
+        runs.append(run)
+        return run.start()
+
+    yield start
+    for run in runs:
+        if run.proc and run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+@pytest.fixture
+def drops(e2e: None) -> Iterator[Any]:
+    """Start `pktpath drops ARGS...`; every run is stopped at the end of the test."""
+    runs: list[TraceRun] = []
+
+    def start(*args: str) -> TraceRun:
+        run = TraceRun(list(args), command="drops")
         runs.append(run)
         return run.start()
 

@@ -1,4 +1,4 @@
-"""The ``pktpath`` command: ``trace`` and ``demo``.
+"""The ``pktpath`` command: ``trace``, ``ping``, ``drops``, ``demo`` and ``agent``.
 
 Exit codes: 0 done, 1 missing privilege / kernel feature / failure while tracing, 2 bad input.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NoReturn, TextIO
 
 from pktpath import __version__
+from pktpath.cli.drops import add_arguments as add_drops_arguments
 from pktpath.cli.stream import announce, message, run, stop_on_signals
 from pktpath.core.errors import EXIT_USAGE, PktpathError, UsageError
 from pktpath.core.expression import compile_expression
@@ -36,6 +37,13 @@ examples:
   pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
   pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
   pktpath trace --netns blue --proto udp -c 10     10 UDP packets in `ip netns` blue
+"""
+
+DROPS_EXAMPLES = """\
+examples:
+  pktpath drops                                  live table, refreshed every second
+  pktpath drops --reason NETFILTER_DROP -c 10    firewall drops, ten intervals, then a summary
+  pktpath drops --netns blue -i eth0 --json      one JSON object per interval, for blue's eth0
 """
 
 AGENT_EXAMPLES = """\
@@ -178,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
                       help="pings to send (default 3)")
 
+    drops = sub.add_parser(
+        "drops", help="every drop on this host, counted in the kernel, live like top",
+        description="Count every packet the kernel drops, by namespace, interface, drop reason "
+        "and kernel function, at almost no cost (a per-CPU map, nothing per packet in user "
+        "space), and show the counts of each interval sorted by rate.", epilog=DROPS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_drops_arguments(drops)
+
     node_agent = sub.add_parser(
         "agent", help="the Kubernetes node agent (run by the DaemonSet)",
         description="Watch PacketTrace resources and trace those that concern this node, "
@@ -289,6 +305,13 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return run_demo(out, err, as_json=args.json, pings=args.count)
 
 
+def cmd_drops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``pktpath drops``."""
+    from pktpath.cli.drops import run_drops
+
+    return run_drops(args, out, err)
+
+
 def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``pktpath agent``."""
     if not args.node:
@@ -316,7 +339,8 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pktpath`` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent, "ping": cmd_ping}
+    commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent, "ping": cmd_ping,
+                "drops": cmd_drops}
     try:
         return commands[args.command](args, sys.stdout, sys.stderr)
     except UsageError as exc:

@@ -30,10 +30,16 @@ class Hook(enum.IntEnum):
     FIB_TABLE_LOOKUP = 5
     FIB6_TABLE_LOOKUP = 6
     CONSUME_SKB = 7
+    DROP_COUNT = 8  # skb:kfree_skb for the drop watch: counted in a map, no event
 
     @property
     def tracepoint(self) -> str:
         """The tracepoint's name, as in /sys/kernel/tracing/events/net/."""
+        return "kfree_skb" if self is Hook.DROP_COUNT else self.name.lower()
+
+    @property
+    def program(self) -> str:
+        """Its program's name in the object, after the program type (tp_btf_<program>)."""
         return self.name.lower()
 
 
@@ -61,6 +67,7 @@ class Counter(enum.IntEnum):
 
     EMITTED = 0
     LOST = 1
+    DROPS_OVERFLOW = 2  # drops the drop watch could not count: its map was full
 
 
 def _layout(fields: list[tuple[str, str]]) -> tuple[struct.Struct, dict[str, tuple[int, int]]]:
@@ -110,6 +117,16 @@ FLOW_FIELDS = [
     ("pad", "2s"),
 ]
 FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
+
+# struct pktpath_drop_key: the drop watch's map key
+DROP_KEY_FIELDS = [
+    ("netns", "I"),
+    ("ifindex", "I"),
+    ("reason", "I"),
+    ("pad", "I"),
+    ("location", "Q"),
+]
+DROP_KEY_STRUCT, DROP_KEY_OFFSETS = _layout(DROP_KEY_FIELDS)
 
 EXPR_SCRATCH_FIELDS = [
     ("pkt", f"{EXPR_SNAP}s"),

@@ -53,6 +53,10 @@ HOOKS = (
     # routing lookups run once per table per packet: opt-in
     HookSpec(Hook.FIB_TABLE_LOOKUP, False, "--routes", "IPv4 routes are not shown", args=4),
     HookSpec(Hook.FIB6_TABLE_LOOKUP, False, "--routes", "IPv6 routes are not shown", args=4),
+    # the drop watch's (pktpath drops, the agent): never a trace's, so no flag selects it
+    HookSpec(Hook.DROP_COUNT, False, None, "drops are not counted", args=3,
+             older=Older("drop_count_noreason", 2, "drop reasons are not named (kfree_skb has "
+                         "none before Linux 5.17)")),
 )
 BY_HOOK = {spec.hook: spec for spec in HOOKS}
 FLAGS = tuple(dict.fromkeys(spec.flag for spec in HOOKS if spec.flag))
@@ -84,7 +88,7 @@ def choose_program(hook: Hook, args: int | None) -> Choice:
     if args is None:
         return Choice(error=f"this kernel has no tracepoint {hook.tracepoint}")
     if args >= spec.args:
-        return Choice(hook.tracepoint)
+        return Choice(hook.program)
     if spec.older is not None and args >= spec.older.args:
         return Choice(spec.older.program, spec.older.without)
     return Choice(error=f"this kernel's {hook.tracepoint} has {args} arguments, pktpath reads "

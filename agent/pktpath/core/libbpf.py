@@ -86,6 +86,7 @@ class Libbpf:
             ("bpf_map_lookup_elem", i, [i, p, p]),
             ("bpf_map_update_elem", i, [i, p, p, ctypes.c_uint64]),
             ("bpf_map_delete_elem", i, [i, p]),
+            ("bpf_map_get_next_key", i, [i, p, p]),
             ("libbpf_num_possible_cpus", i, []),
             ("ring_buffer__new", p, [i, RingBufferCallback, p, p]),
             ("ring_buffer__poll", i, [p, i]),

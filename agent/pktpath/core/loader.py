@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import CONFIG_STRUCT, Counter, Hook
+from pktpath.core.event import CONFIG_STRUCT, DROP_KEY_STRUCT, Counter, Hook
 from pktpath.core.hooks import DEFAULT_HOOKS, choose_program
 from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
@@ -46,6 +46,7 @@ class Maps:
     events: int  # the ring buffer
     counters: int  # per-CPU counters (enum pktpath_counter)
     netns_set: int  # namespaces to trace, when the filter has netns_set
+    drop_counts: int  # the drop watch's per-CPU counts (struct pktpath_drop_key)
 
     @classmethod
     def of(cls, bpf: Libbpf, obj: int) -> Maps:
@@ -281,6 +282,21 @@ class Probes:
                                 "reading counters")
             result[counter] = sum(values)
         return result
+
+    def drop_counts(self) -> dict[bytes, int]:
+        """The drop watch's counts, summed over CPUs, by raw struct pktpath_drop_key."""
+        lib = self._bpf.lib
+        fd = self.maps.drop_counts
+        ncpu = self._bpf.check_int(lib.libbpf_num_possible_cpus(), "counting CPUs")
+        values = (ctypes.c_uint64 * ncpu)()
+        key = ctypes.create_string_buffer(DROP_KEY_STRUCT.size)
+        found: dict[bytes, int] = {}
+        previous = None
+        while lib.bpf_map_get_next_key(fd, previous, key) == 0:
+            if lib.bpf_map_lookup_elem(fd, key, values) == 0:  # else deleted meanwhile
+                found[key.raw] = sum(values)
+            previous = ctypes.create_string_buffer(key.raw, DROP_KEY_STRUCT.size)
+        return found
 
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Make the netns set exactly inodes (used when the filter has netns_set)."""

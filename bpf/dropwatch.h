@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The drop watch: every real drop counted in a per-CPU map by (namespace, device, reason,
+ * location), with no ring-buffer record and no work in user space per packet.
+ *
+ * Frees that are part of delivery are not counted (pktpath/core/fate.py has the same rules):
+ * QUEUE_PURGE (a socket's queue emptied) and NO_SOCKET of an ICMP echo reply (a ping's raw
+ * socket got its copy). Kernels before 5.17 give no reason: every kfree_skb counts there.
+ */
+#ifndef PKTPATH_DROPWATCH_H
+#define PKTPATH_DROPWATCH_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096); /* the loader may resize it */
+	__type(key, struct pktpath_drop_key);
+	__type(value, __u64);
+} drop_counts SEC(".maps");
+
+#define ICMP_ECHOREPLY 0
+#define ICMPV6_ECHO_REPLY 129
+
+/* Whether the skb holds an ICMP (v4 or v6) echo reply, from its network header. */
+static __always_inline bool echo_reply(struct sk_buff *skb, bool btf)
+{
+	unsigned char *l3 = READ(btf, skb, head) + READ(btf, skb, network_header);
+	__u16 proto = bpf_ntohs(READ(btf, skb, protocol));
+	__u8 b[2] = {};
+
+	if (proto == ETH_P_IP) {
+		PKT_COPY(btf, &b[0], l3);      /* version and header length */
+		PKT_COPY(btf, &b[1], l3 + 9);  /* protocol */
+		if (b[1] != 1)
+			return false;
+		PKT_COPY(btf, &b[1], l3 + (b[0] & 0xF) * 4);
+		return b[1] == ICMP_ECHOREPLY;
+	}
+	if (proto == ETH_P_IPV6) {
+		PKT_COPY(btf, &b[0], l3 + 6);  /* next header */
+		PKT_COPY(btf, &b[1], l3 + 40);
+		return b[0] == 58 && b[1] == ICMPV6_ECHO_REPLY;
+	}
+	return false;
+}
+
+static __always_inline bool is_reason(__u32 reason, enum skb_drop_reason which, bool exists)
+{
+	return exists && reason == which;
+}
+
+static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 location,
+				      __u32 reason)
+{
+	struct pktpath_drop_key key = {.reason = reason, .location = location};
+	struct net_device *dev;
+	__u64 one = 1, *n;
+	long err;
+
+	if (reason) {
+		if (is_reason(reason,
+			      bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE),
+			      bpf_core_enum_value_exists(enum skb_drop_reason,
+							 SKB_DROP_REASON_QUEUE_PURGE)))
+			return 0;
+		if (is_reason(reason,
+			      bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET),
+			      bpf_core_enum_value_exists(enum skb_drop_reason,
+							 SKB_DROP_REASON_NO_SOCKET)) &&
+		    echo_reply(skb, btf))
+			return 0;
+	}
+	dev = READ(btf, skb, dev);
+	if (dev) {
+		key.netns = netns_of(dev, btf);
+		key.ifindex = READ(btf, dev, ifindex);
+	}
+	n = bpf_map_lookup_elem(&drop_counts, &key);
+	if (n) {
+		*n += 1; /* this CPU's count: no other CPU writes it */
+		return 0;
+	}
+	err = bpf_map_update_elem(&drop_counts, &key, &one, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: another CPU made the key first */) {
+		n = bpf_map_lookup_elem(&drop_counts, &key);
+		if (n)
+			*n += 1;
+	} else if (err) {
+		count(PKTPATH_COUNTER_DROPS_OVERFLOW);
+	}
+	return 0;
+}
+
+#endif /* PKTPATH_DROPWATCH_H */
