@@ -15,6 +15,8 @@ side mean anything):
   perf-trace   perf trace -e 'net:*' -a to a file
   expr-nomatch pktpath trace 'host 10.200.99.99': a tcpdump expression matching nothing, run
                on every packet (translated into eBPF at load time)
+  drop-watch   pktpath drops (every drop counted in the kernel; no trace): the flood's sink never
+               reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
                `agent` or `pktpath` under DIR/agent): e.g. the bpf_loop interpreter of 382c2df
 Printed: median rate of each mode and the median of its per-round ratios to untraced; the
@@ -173,11 +175,12 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
                        os.path.join(workdir, "perf.out")],
         "expr-nomatch": [*pktpath, "host 10.200.99.99"],
+        "drop-watch": [sys.executable, "-m", "pktpath", "drops", "--json", "--interval", "1"],
         "expr-baseline": [*baseline_command(baseline or ""), "host 10.200.99.99"],
     }[mode]
 
 
-MARKERS = {"bpftrace": "Attaching", "perf-trace": ""}
+MARKERS = {"bpftrace": "Attaching", "perf-trace": "", "drop-watch": "counting drops"}
 
 
 def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,

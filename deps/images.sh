@@ -134,6 +134,6 @@ if [ ! -s "$archive" ]; then
   save agent "$tag" "$archive"
   say "agent: built in $((SECONDS - start)) s"
   # the working tree's older images: keep the two newest besides this one
-  ls -t "$out_dir"/agent-*.tar | grep -v -x -F "$archive" | tail -n +3 | xargs -r rm -f
+  { ls -t "$out_dir"/agent-*.tar | grep -v -x -F "$archive" || true; } | tail -n +3 | xargs -r rm -f
 fi
 echo "agent $ref:$tag $archive"

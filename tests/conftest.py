@@ -238,9 +238,9 @@ def agents(cluster: Any, tmp_path: Any) -> Iterator[Any]:
 
     started: list[AgentProcess] = []
 
-    def start(node: str, host_netns: str) -> AgentProcess:
+    def start(node: str, host_netns: str, *extra: str) -> AgentProcess:
         agent = AgentProcess(node, host_netns, cluster.agent_kubeconfig,
-                             str(tmp_path / f"agent-{node}.log")).start()
+                             str(tmp_path / f"agent-{node}.log"), extra=extra).start()
         started.append(agent)
         return agent
 

@@ -190,6 +190,7 @@ class AgentProcess:
     logfile: str
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more `pktpath agent` flags
 
     def start(self, timeout: float = 30 * SLOWDOWN) -> AgentProcess:
         self.port = free_port()
@@ -197,7 +198,7 @@ class AgentProcess:
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pktpath", "agent", "--node", self.node, "--host-netns",
-             self.host_netns, "--listen", f"127.0.0.1:{self.port}"],
+             self.host_netns, "--listen", f"127.0.0.1:{self.port}", *self.extra],
             cwd=REPO, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -216,10 +217,11 @@ class AgentProcess:
             return str(reply.read().decode())
 
     def metrics(self) -> dict[str, float]:
+        """Every sample by its name with labels (`name{a="b"}`) as /metrics writes it."""
         values = {}
         for line in self.http("/metrics").splitlines():
             if line and not line.startswith("#"):
-                name, value = line.split()
+                name, value = line.rsplit(" ", 1)
                 values[name] = float(value)
         return values
 

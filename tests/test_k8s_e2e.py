@@ -297,6 +297,27 @@ def test_a_drop_is_reported_at_its_hop_with_the_reason(cluster: Any, agents: Any
     assert "Dropped" in events_of(cluster, ns, "blocked")
 
 
+def test_the_drop_watch_counts_a_pods_drops_and_tells_the_pod(cluster: Any, agents: Any,
+                                                               lab: Netlab) -> None:
+    ns, node = one_node_with_two_pods(cluster, lab, 74)
+    for space in (node.ns, *node.pods.values()):  # no IPv6 listener reports to be dropped
+        space.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+    node.pods["db-1"].sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
+    agent = agents("node-a", node.ns.path, "--drop-event-rate", "2")
+    series = (f'pktpath_drops_total{{node="node-a",namespace="{ns}",pod="db-1",'
+              'interface="eth0",reason="NETFILTER_DROP"}')
+    node.pods["web-0"].sh("ping", "-c", "40", "-i", "0.1", "-W", "1", "10.200.74.11",
+                          check=False)
+    wait_for("the drop counts", lambda: agent.metrics().get(series) == 40, 20)
+    assert [k for k in agent.metrics() if k.startswith("pktpath_drops_total")] == [series]
+    events = cluster.get("events", "-n", ns, "--field-selector",
+                         "involvedObject.kind=Pod,involvedObject.name=db-1")["items"]
+    assert [e["reason"] for e in events] == ["PacketsDropped"]
+    assert events[0]["type"] == "Warning"
+    assert events[0]["message"].endswith(f"on node node-a (NETFILTER_DROP). Trace them: "
+                                         f"kubectl pktpath -n {ns} SOURCE-POD db-1")
+
+
 def test_filter_expression_narrows_the_trace(cluster: Any, agents: Any, lab: Netlab) -> None:
     ns, node = one_node_with_two_pods(cluster, lab, 69)
     agents("node-a", node.ns.path)

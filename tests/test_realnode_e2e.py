@@ -148,7 +148,8 @@ def test_the_agent_runs_as_the_chart_deploys_it(realnode: Any) -> None:
         "drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN", "NET_RAW"]}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["limits"] == {"memory": "384Mi"}
-    assert container["args"][-4:] == ["--host-netns", "/proc/self/ns/net", "--max-traces", "20"]
+    assert container["args"][3:] == ["--host-netns", "/proc/self/ns/net", "--max-traces", "20",
+                                     "--drop-series", "50", "--drop-event-rate", "0"]
     ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
     assert ready["Ready"] == "True"
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
@@ -209,6 +210,34 @@ def test_a_drop_by_nftables_in_the_destination_pod(realnode: Any) -> None:
         (f"{ns}/web-0", "eth0", "request"), ("host", web, "request"), ("host", db, "request"),
         (f"{ns}/db-1", "eth0", "request"), (f"{ns}/db-1", "eth0", "request")]
     assert [h.get("drop", False) for h in status["path"]] == [False] * 4 + [True]
+
+
+def test_the_drop_watch_names_the_pod_in_the_agents_metrics(realnode: Any) -> None:
+    from urllib.request import urlopen
+
+    from realcluster import NODE, NODE_IP
+
+    ns = namespace(realnode)
+    ips = run_pods(realnode, ns, workload("web-0"), workload("db-1"))
+    realnode.kubectl("exec", "-n", ns, "db-1", "--", "nft", "add table inet guard ; "
+                     "add chain inet guard input { type filter hook input priority 0 ; } ; "
+                     "add rule inet guard input icmp type echo-request drop")
+    realnode.kubectl("exec", "-n", ns, "web-0", "--", "ping", "-c", "6", "-i", "0.2", "-W", "1",
+                     ips["db-1"], check=False)
+    series = (f'pktpath_drops_total{{node="{NODE}",namespace="{ns}",pod="db-1",'
+              'interface="eth0",reason="NETFILTER_DROP"}')
+
+    def value() -> float | None:
+        with urlopen(f"http://{NODE_IP}:9900/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(series + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    deadline = time.monotonic() + 30  # the agent reads the counts every 5 s
+    while value() != 6:
+        assert time.monotonic() < deadline, f"{series} is {value()}, not 6"
+        time.sleep(1)
 
 
 def test_a_pod_reaches_a_service_through_kube_proxy(realnode: Any) -> None:

@@ -23,25 +23,9 @@ from pktpath.core.errors import UsageError
 from pktpath.core.libbpf import Libbpf
 from pktpath.core.symbols import Symbols, drop_reasons
 from pktpath.host import netns
-from pktpath.host.names import NetnsNames
+from pktpath.host.names import InterfaceNames, NetnsNames
 from pktpath.host.privileges import require_btf, require_tracing
 from pktpath.view.drops import DropRow, interval_json, ordered, text_table
-
-
-@dataclass
-class Interfaces:
-    """Interface names by (namespace inode, ifindex), looked up again when one is unknown."""
-
-    _names: dict[int, dict[int, str]] = field(default_factory=dict)
-
-    def __call__(self, inode: int, ifindex: int) -> str:
-        if ifindex not in self._names.get(inode, {}):
-            found = netns.known().get(inode)
-            try:
-                self._names[inode] = netns.interfaces(found.path) if found else {}
-            except OSError:
-                self._names[inode] = {}
-        return self._names[inode].get(ifindex, f"if{ifindex}")
 
 
 @dataclass
@@ -51,7 +35,7 @@ class Namer:
     reasons: dict[int, str]
     symbols: Symbols
     netns_names: Callable[[int], str] = field(default_factory=NetnsNames)
-    interfaces: Interfaces = field(default_factory=Interfaces)
+    interfaces: InterfaceNames = field(default_factory=InterfaceNames)
 
     def reason(self, code: int) -> str:
         return self.reasons.get(code, "UNKNOWN" if code == 0 else str(code))

@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     node_agent.add_argument("--max-traces", type=_positive, default=20, metavar="N",
                             help="traces run at once; more wait for a slot (default 20: each "
                             "running trace holds about 5 MiB of the agent's memory)")
+    node_agent.add_argument("--no-drop-watch", action="store_true",
+                            help="do not count the node's drops (pktpath_drops_total)")
+    node_agent.add_argument("--drop-series", type=_positive, default=50, metavar="N",
+                            help="pktpath_drops_total series with their own labels; later ones "
+                            "are summed in reason=\"other\" (default 50)")
+    node_agent.add_argument("--drop-event-rate", type=float, default=0.0, metavar="R",
+                            help="record an Event on a pod that drops R packets a second or more "
+                            "(default 0: no Events)")
     return parser
 
 
@@ -333,7 +341,11 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pktpath.k8s.operator import run as run_agent
 
     configure_logging(err)
-    return run_agent(args.node, args.host_netns, args.listen, args.hook_type, args.max_traces)
+    from pktpath.k8s.drops import DropSettings
+
+    drops = None if args.no_drop_watch else DropSettings(args.drop_series, args.drop_event_rate)
+    return run_agent(args.node, args.host_netns, args.listen, args.hook_type, args.max_traces,
+                     drops)
 
 
 def main(argv: list[str] | None = None) -> int:

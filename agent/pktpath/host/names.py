@@ -1,4 +1,4 @@
-"""Names instead of numbers: what a network namespace inode is called.
+"""Names instead of numbers: what a network namespace inode is called, and its interfaces.
 
 In order of preference: the pod (namespace/name) when the caller knows it, the `ip netns`
 name, ``host`` for the namespace of PID 1, the container (name, else short ID, from the cgroup of
@@ -93,6 +93,23 @@ class NetnsNames:
         if pod:
             return f"pod {pod}"
         return describe_pid(pid)
+
+
+@dataclass
+class InterfaceNames:
+    """Interface names by (namespace inode, ifindex); a namespace is read again when an index
+    is unknown (``if<N>`` when it is gone)."""
+
+    _names: dict[int, dict[int, str]] = field(default_factory=dict)
+
+    def __call__(self, inode: int, ifindex: int) -> str:
+        if ifindex not in self._names.get(inode, {}):
+            found = netns.known().get(inode)
+            try:
+                self._names[inode] = netns.interfaces(found.path) if found else {}
+            except OSError:
+                self._names[inode] = {}
+        return self._names[inode].get(ifindex, f"if{ifindex}")
 
 
 def _inode(path: str) -> int | None:

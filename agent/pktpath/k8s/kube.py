@@ -134,6 +134,23 @@ class Kube:
             self._failed()
             raise
 
+    def pod_event(self, namespace: str, name: str, reason: str, message: str,
+                  kind: str = "Warning") -> None:
+        """Record a Kubernetes Event on a pod (`kubectl describe pod` and `get events` show it)."""
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(api_version="v1", kind="Pod", name=name,
+                                                     namespace=namespace),
+            reason=reason, message=message[:1024], type=kind,
+            source=client.V1EventSource(component="pktpath-agent"),
+            first_timestamp=now, last_timestamp=now, count=1)
+        try:
+            self.core.create_namespaced_event(namespace, event)
+        except ApiException:
+            self._failed()
+            raise
+
     def event(self, trace: Mapping[str, Any], reason: str, message: str,
               kind: str = "Normal", component: str = "pktpath-agent") -> None:
         """Record a Kubernetes Event on the trace (`kubectl describe` shows it)."""

@@ -23,6 +23,15 @@ class Metrics:
     def __init__(self) -> None:
         self._values = dict.fromkeys(METRICS, 0)
         self._lock = threading.Lock()
+        self._node = ""
+        self._drops: dict[tuple[str, str, str, str], int] | None = None  # None: no drop watch
+        self._not_counted = 0
+
+    def set_drops(self, node: str, series: dict[tuple[str, str, str, str], int],
+                  not_counted: int) -> None:
+        """The drop watch's series (namespace, pod, interface, reason) -> total."""
+        with self._lock:
+            self._node, self._drops, self._not_counted = node, dict(series), not_counted
 
     def add(self, name: str, value: int = 1) -> None:
         """Add value (negative for a gauge going down)."""
@@ -37,7 +46,24 @@ class Metrics:
                 full = f"pktpath_{name}" + ("_total" if kind == "counter" else "")
                 lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}",
                           f"{full} {self._values[name]}"]
+            if self._drops is not None:
+                lines += ["# HELP pktpath_drops_total packets the kernel dropped in this node's "
+                          "namespaces, by pod, interface and reason",
+                          "# TYPE pktpath_drops_total counter"]
+                for (namespace, pod, interface, reason), value in sorted(self._drops.items()):
+                    text = ",".join(f'{k}="{_escape(v)}"' for k, v in (
+                        ("node", self._node), ("namespace", namespace), ("pod", pod),
+                        ("interface", interface), ("reason", reason)))
+                    lines.append(f"pktpath_drops_total{{{text}}} {value}")
+                lines += ["# HELP pktpath_drops_not_counted_total drops the drop watch could not "
+                          "count (its map was full)", "# TYPE pktpath_drops_not_counted_total "
+                          "counter", f"pktpath_drops_not_counted_total {self._not_counted}"]
         return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A label value as Prometheus' text format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def serve(listen: str, metrics: Metrics, ready: threading.Event) -> ThreadingHTTPServer:

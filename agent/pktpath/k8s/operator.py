@@ -21,6 +21,7 @@ from pktpath.core.errors import UsageError
 from pktpath.core.expression import compile_expression
 from pktpath.core.libbpf import Libbpf
 from pktpath.core.symbols import Symbols, drop_reasons
+from pktpath.k8s.drops import DropSettings, NodeDrops
 from pktpath.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo
 from pktpath.k8s.metrics import Metrics, serve
 from pktpath.k8s.node_trace import (
@@ -198,7 +199,7 @@ def _ref(body: Mapping[str, Any]) -> str:
 
 
 def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
-        max_traces: int = DEFAULT_MAX_TRACES) -> int:
+        max_traces: int = DEFAULT_MAX_TRACES, drops: DropSettings | None = None) -> int:
     """Run the agent until SIGINT or SIGTERM."""
     import kopf
 
@@ -208,6 +209,12 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
                        Symbols(), drop_reasons(Libbpf()),
                        slots=threading.BoundedSemaphore(max_traces))
     agent = Agent(ctx)
+    watch = None
+    if drops is not None:  # the drop watch: on unless the chart turns it off
+        watch = NodeDrops(node, ctx.namespaces, metrics, kube,
+                          lambda: ctx.namespaces.refresh(kube.pods_on_node(node)),
+                          ctx.reasons or {}, drops)
+        watch.start()
     ready = threading.Event()
     server = serve(listen, metrics, ready)
     registry = kopf.OperatorRegistry()
@@ -247,6 +254,8 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
                                   ready_flag=ready))
     finally:
         stop_reaper.set()
+        if watch is not None:
+            watch.stop()
         agent.stop_all()
         server.shutdown()
     return 0
