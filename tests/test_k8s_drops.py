@@ -43,19 +43,27 @@ def counts(*items: tuple[int, int, int, int]) -> DropCounts:
 
 def test_drops_are_named_by_pod_and_only_this_nodes_count() -> None:
     watch, _ = drops(DropSettings())
-    zero = counts()
     watch.tally(counts((DB, 2, NETFILTER_DROP, 3), (HOST, 7, NO_SOCKET, 1),
-                       (ELSEWHERE, 2, NETFILTER_DROP, 50)), zero, 5)
+                       (ELSEWHERE, 2, NETFILTER_DROP, 50)), 5)
     assert watch.series == {("shop", "db-1", "if2", "NETFILTER_DROP"): 3,
                             ("", "", "if7", "NO_SOCKET"): 1}
 
 
+def test_drops_of_a_pod_not_known_yet_are_counted_once_it_is() -> None:
+    watch, _ = drops(DropSettings())
+    known = watch.namespaces.place
+    watch.namespaces.place = lambda inode: None if inode == DB else known(inode)  # type: ignore[method-assign]
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 3)), 5)
+    assert watch.series == {}
+    watch.namespaces.place = known  # type: ignore[method-assign]
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 5)), 5)
+    assert watch.series == {("shop", "db-1", "if2", "NETFILTER_DROP"): 5}
+
+
 def test_series_beyond_the_bound_go_to_other_and_every_series_only_grows() -> None:
     watch, _ = drops(DropSettings(top=1))
-    first = counts((DB, 2, NETFILTER_DROP, 3))
-    watch.tally(first, counts(), 5)
-    second = counts((DB, 2, NETFILTER_DROP, 4), (WEB, 2, NO_SOCKET, 10))
-    watch.tally(second, first, 5)
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 3)), 5)
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 4), (WEB, 2, NO_SOCKET, 10)), 5)
     assert watch.series == {("shop", "db-1", "if2", "NETFILTER_DROP"): 4, OTHER: 10}
     metrics = Metrics()
     metrics.set_drops("node-a", watch.series, 2)
@@ -69,21 +77,19 @@ def test_series_beyond_the_bound_go_to_other_and_every_series_only_grows() -> No
 
 def test_an_event_when_a_pod_drops_faster_than_the_threshold_once_per_place() -> None:
     watch, events = drops(DropSettings(event_rate=1.0))
-    watch.tally(counts((DB, 2, NETFILTER_DROP, 4)), counts(), 5)  # 0.8/s: below
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 4)), 5)  # 0.8/s: below
     assert events.told == []
-    before = counts((DB, 2, NETFILTER_DROP, 4))
-    now = counts((DB, 2, NETFILTER_DROP, 14), (HOST, 1, NO_SOCKET, 100))
-    watch.tally(now, before, 5)  # 2/s at db-1; the host is no pod
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 14), (HOST, 1, NO_SOCKET, 100)), 5)  # 2/s
     assert [(ns, pod, reason) for ns, pod, reason, _ in events.told] == [
         ("shop", "db-1", "PacketsDropped")]
     assert events.told[0][3] == ("10 packets dropped in 5 s at if2 on node node-a "
                                  "(NETFILTER_DROP). Trace them: kubectl pktpath -n shop "
                                  "SOURCE-POD db-1")
-    watch.tally(counts((DB, 2, NETFILTER_DROP, 30)), now, 5)
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 30)), 5)
     assert len(events.told) == 1, "at most one Event per place every 5 minutes"
 
 
 def test_no_events_by_default() -> None:
     watch, events = drops(DropSettings())
-    watch.tally(counts((DB, 2, NETFILTER_DROP, 1000)), counts(), 5)
+    watch.tally(counts((DB, 2, NETFILTER_DROP, 1000)), 5)
     assert events.told == []

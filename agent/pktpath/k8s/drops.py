@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pktpath.core.dropwatch import DropCounts, DropWatch
+from pktpath.core.dropwatch import DropCounts, DropPlace, DropWatch
 from pktpath.host.names import InterfaceNames
 from pktpath.k8s.podmap import NodeNamespaces
 
@@ -67,6 +67,7 @@ class NodeDrops(threading.Thread):
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
         self.series: dict[Series, int] = {}
+        self._counted: dict[DropPlace, int] = {}  # the totals already in the series
         self._interfaces = InterfaceNames()
         self._told: dict[tuple[str, str, str, str], float] = {}
         self._refreshed = 0.0
@@ -75,15 +76,15 @@ class NodeDrops(threading.Thread):
     def run(self) -> None:
         try:
             with self._watch() as watch:
-                start = before = watch.read()
+                start = watch.read()
+                self._counted = dict(start.totals)  # before the agent: not its to report
                 self.sink.set_drops(self.node, {}, 0)
                 self.ready.set()
                 while not self.stop_flag.wait(self.settings.period):
                     now = watch.read()
-                    self.tally(now, before, self.settings.period)
+                    self.tally(now, self.settings.period)
                     self.sink.set_drops(self.node, dict(self.series),
                                         now.overflow - start.overflow)
-                    before = now
         except Exception as exc:  # the agent keeps tracing without it
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("the drop watch stopped")
@@ -93,9 +94,13 @@ class NodeDrops(threading.Thread):
         """End at the next reading."""
         self.stop_flag.set()
 
-    def tally(self, now: DropCounts, before: DropCounts, seconds: float) -> None:
-        """Add an interval's drops in this node's namespaces to the series."""
-        fresh = now.since(before)
+    def tally(self, now: DropCounts, seconds: float) -> None:
+        """Add the drops in this node's namespaces not counted yet to the series.
+
+        Drops in a namespace not known yet (a pod the agent has not matched, or another
+        node's) stay uncounted until it is known: a new pod's first drops are not lost."""
+        fresh = {place: total - self._counted.get(place, 0)
+                 for place, total in now.totals.items() if total > self._counted.get(place, 0)}
         if any(p.netns and self.namespaces.place(p.netns) is None for p in fresh):
             self._refresh()
         interval: dict[Series, int] = {}
@@ -103,6 +108,7 @@ class NodeDrops(threading.Thread):
             found = self.namespaces.place(place.netns) if place.netns else None
             if found is None:
                 continue  # not this node's (or no device: nowhere to put it)
+            self._counted[place] = now.totals[place]
             namespace, _, pod = (found.pod or "").partition("/")
             ifname = self._interfaces(place.netns, place.ifindex) if place.ifindex else ""
             reason = self.reasons.get(place.reason, "UNKNOWN")
