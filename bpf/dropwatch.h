@@ -18,6 +18,13 @@ struct {
 	__type(value, __u64);
 } drop_counts SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pktpath_drop_slot);
+} drop_last SEC(".maps");
+
 #define ICMP_ECHOREPLY 0
 #define ICMPV6_ECHO_REPLY 129
 
@@ -49,13 +56,28 @@ static __always_inline bool is_reason(__u32 reason, enum skb_drop_reason which, 
 	return exists && reason == which;
 }
 
+/* The place's count in drop_counts (this CPU's), made when missing; NULL when the map is full. */
+static __always_inline __u64 *place_count(struct pktpath_drop_key *key)
+{
+	__u64 *count = bpf_map_lookup_elem(&drop_counts, key), none = 0;
+	long err;
+
+	if (count)
+		return count;
+	err = bpf_map_update_elem(&drop_counts, key, &none, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST: another CPU made the key first */)
+		return NULL;
+	return bpf_map_lookup_elem(&drop_counts, key);
+}
+
 static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 location,
 				      __u32 reason)
 {
 	struct pktpath_drop_key key = {.reason = reason, .location = location};
+	struct pktpath_drop_slot *slot;
 	struct net_device *dev;
-	__u64 one = 1, *n;
-	long err;
+	__u64 *n;
+	__u32 zero = 0;
 
 	if (reason) {
 		if (is_reason(reason,
@@ -75,19 +97,28 @@ static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 locat
 		key.netns = netns_of(dev, btf);
 		key.ifindex = READ(btf, dev, ifindex);
 	}
-	n = bpf_map_lookup_elem(&drop_counts, &key);
-	if (n) {
-		*n += 1; /* this CPU's count: no other CPU writes it */
+	slot = bpf_map_lookup_elem(&drop_last, &zero);
+	if (!slot)
+		return 0;
+	if (slot->count && slot->key.netns == key.netns && slot->key.ifindex == key.ifindex &&
+	    slot->key.reason == key.reason && slot->key.location == key.location) {
+		slot->count += 1; /* the same place as this CPU's last drop */
 		return 0;
 	}
-	err = bpf_map_update_elem(&drop_counts, &key, &one, BPF_NOEXIST);
-	if (err == -17 /* EEXIST: another CPU made the key first */) {
-		n = bpf_map_lookup_elem(&drop_counts, &key);
+	/* another place: move the last one's drops into the map, where its key already is */
+	if (slot->count) {
+		n = place_count(&slot->key);
 		if (n)
-			*n += 1;
-	} else if (err) {
-		count(PKTPATH_COUNTER_DROPS_OVERFLOW);
+			*n += slot->count;
 	}
+	/* only a place the map has room for is cached: user space sees every place in the map */
+	if (!place_count(&key)) {
+		slot->count = 0;
+		count(PKTPATH_COUNTER_DROPS_OVERFLOW);
+		return 0;
+	}
+	slot->key = key;
+	slot->count = 1;
 	return 0;
 }
 

@@ -133,4 +133,11 @@ struct pktpath_drop_key {
 	__u64 location; /* the kernel code address that freed it */
 };
 
+/* Per CPU, the place of this CPU's last drop and the drops there not yet added to drop_counts
+ * (map drop_last): a storm of drops at one place costs no hash lookup per packet. */
+struct pktpath_drop_slot {
+	struct pktpath_drop_key key;
+	__u64 count;
+};
+
 #endif /* PKTPATH_EVENT_H */

@@ -28,6 +28,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct pktpath_event *unused_event __attribute__((unused));
 struct pktpath_flow *unused_flow __attribute__((unused));
 struct pktpath_drop_key *unused_drop_key __attribute__((unused));
+struct pktpath_drop_slot *unused_drop_slot __attribute__((unused));
 struct pktpath_expr_scratch *unused_scratch __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));

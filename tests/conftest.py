@@ -176,13 +176,12 @@ class TraceRun:
         return self.stdout.splitlines()
 
 
-@pytest.fixture
-def trace(e2e: None) -> Iterator[Any]:
-    """Start `pktpath trace ARGS...`; every run is stopped at the end of the test."""
+def _runs(command: str) -> Iterator[Any]:
+    """Start `pktpath COMMAND ARGS...` runs; every one still running is killed afterwards."""
     runs: list[TraceRun] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> TraceRun:
-        run = TraceRun(list(args), env=env)
+        run = TraceRun(list(args), env=env, command=command)
         runs.append(run)
         return run.start()
 
@@ -191,23 +190,18 @@ def trace(e2e: None) -> Iterator[Any]:
         if run.proc and run.proc.poll() is None:
             run.proc.kill()
             run.proc.communicate()
+
+
+@pytest.fixture
+def trace(e2e: None) -> Iterator[Any]:
+    """Start `pktpath trace ARGS...`; every run is stopped at the end of the test."""
+    yield from _runs("trace")
 
 
 @pytest.fixture
 def drops(e2e: None) -> Iterator[Any]:
     """Start `pktpath drops ARGS...`; every run is stopped at the end of the test."""
-    runs: list[TraceRun] = []
-
-    def start(*args: str) -> TraceRun:
-        run = TraceRun(list(args), command="drops")
-        runs.append(run)
-        return run.start()
-
-    yield start
-    for run in runs:
-        if run.proc and run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.communicate()
+    yield from _runs("drops")
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,7 @@ class DropWatch:
         self._probes = Probes(TraceFilter().config(), hooks=(Hook.DROP_COUNT,),
                               hook_type=hook_type, ring_bytes=4096,
                               map_entries={"drop_counts": map_entries})
+        self._totals: dict[DropPlace, int] = {}
 
     def __enter__(self) -> DropWatch:
         self._probes.open()
@@ -82,10 +83,14 @@ class DropWatch:
         return [s.note for s in self._probes.report.attached if s.note]
 
     def read(self) -> DropCounts:
-        """The totals now."""
-        totals = {DropPlace.unpack(raw): n for raw, n in self._probes.drop_counts().items()}
+        """The totals now (never below an earlier reading's: drops moving inside the kernel
+        between two reads may hide from one reading, and show in the next)."""
+        for place, n in ((DropPlace.unpack(raw), n)
+                         for raw, n in self._probes.drop_counts().items()):
+            if n > self._totals.get(place, 0):
+                self._totals[place] = n
         overflow = self._probes.counters()[Counter.DROPS_OVERFLOW]
-        return DropCounts(totals, overflow)
+        return DropCounts(dict(self._totals), overflow)
 
     def close(self) -> None:
         """Detach and free the program and its maps."""

@@ -128,6 +128,13 @@ DROP_KEY_FIELDS = [
 ]
 DROP_KEY_STRUCT, DROP_KEY_OFFSETS = _layout(DROP_KEY_FIELDS)
 
+# struct pktpath_drop_slot: a CPU's last drop place and its drops not yet in drop_counts
+DROP_SLOT_FIELDS = [
+    ("key", f"{DROP_KEY_STRUCT.size}s"),
+    ("count", "Q"),
+]
+DROP_SLOT_STRUCT, DROP_SLOT_OFFSETS = _layout(DROP_SLOT_FIELDS)
+
 EXPR_SCRATCH_FIELDS = [
     ("pkt", f"{EXPR_SNAP}s"),
     ("mem", "16I"),

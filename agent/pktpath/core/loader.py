@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import CONFIG_STRUCT, DROP_KEY_STRUCT, Counter, Hook
+from pktpath.core.event import CONFIG_STRUCT, DROP_KEY_STRUCT, DROP_SLOT_STRUCT, Counter, Hook
 from pktpath.core.hooks import DEFAULT_HOOKS, choose_program
 from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
@@ -47,6 +47,7 @@ class Maps:
     counters: int  # per-CPU counters (enum pktpath_counter)
     netns_set: int  # namespaces to trace, when the filter has netns_set
     drop_counts: int  # the drop watch's per-CPU counts (struct pktpath_drop_key)
+    drop_last: int  # per CPU, its last drop place and the drops there not yet in drop_counts
 
     @classmethod
     def of(cls, bpf: Libbpf, obj: int) -> Maps:
@@ -284,7 +285,9 @@ class Probes:
         return result
 
     def drop_counts(self) -> dict[bytes, int]:
-        """The drop watch's counts, summed over CPUs, by raw struct pktpath_drop_key."""
+        """The drop watch's counts, summed over CPUs, by raw struct pktpath_drop_key: the
+        map's, then each CPU's drops at its last place not moved into the map yet. A move
+        between the two reads can hide drops from this reading (never count them twice)."""
         lib = self._bpf.lib
         fd = self.maps.drop_counts
         ncpu = self._bpf.check_int(lib.libbpf_num_possible_cpus(), "counting CPUs")
@@ -296,6 +299,14 @@ class Probes:
             if lib.bpf_map_lookup_elem(fd, key, values) == 0:  # else deleted meanwhile
                 found[key.raw] = sum(values)
             previous = ctypes.create_string_buffer(key.raw, DROP_KEY_STRUCT.size)
+        slots = ctypes.create_string_buffer(DROP_SLOT_STRUCT.size * ncpu)
+        zero = ctypes.c_uint32(0)
+        self._bpf.check_int(lib.bpf_map_lookup_elem(self.maps.drop_last, ctypes.byref(zero),
+                                                    slots), "reading drop_last")
+        for cpu in range(ncpu):
+            raw, count = DROP_SLOT_STRUCT.unpack_from(slots.raw, cpu * DROP_SLOT_STRUCT.size)
+            if count:
+                found[raw] = found.get(raw, 0) + count
         return found
 
     def set_netns(self, inodes: Iterable[int]) -> None:
