@@ -6,5 +6,6 @@ without each), ``filters`` and ``expression`` (what the kernel keeps), ``libbpf`
 ``event`` (the record layout, mirror of ``bpf/event.h``), ``packet`` (header decoding),
 ``fate``, ``symbols`` and ``latency`` (enrichment: why a packet stopped, kernel names, time
 since the first hop), ``tracer`` (records into hops, the one read loop), ``hopstats`` (per-hop
-statistics of probes). The core imports no other wing.
+statistics of probes); beside the tracer, ``dropwatch`` (every drop counted in the kernel by
+place, read as totals). The core imports no other wing.
 """
