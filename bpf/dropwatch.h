@@ -51,11 +51,6 @@ static __always_inline bool echo_reply(struct sk_buff *skb, bool btf)
 	return false;
 }
 
-static __always_inline bool is_reason(__u32 reason, enum skb_drop_reason which, bool exists)
-{
-	return exists && reason == which;
-}
-
 /* The place's count in drop_counts (this CPU's), made when missing; NULL when the map is full. */
 static __always_inline __u64 *place_count(struct pktpath_drop_key *key)
 {
@@ -79,19 +74,14 @@ static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 locat
 	__u64 *n;
 	__u32 zero = 0;
 
-	if (reason) {
-		if (is_reason(reason,
-			      bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE),
-			      bpf_core_enum_value_exists(enum skb_drop_reason,
-							 SKB_DROP_REASON_QUEUE_PURGE)))
-			return 0;
-		if (is_reason(reason,
-			      bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET),
-			      bpf_core_enum_value_exists(enum skb_drop_reason,
-							 SKB_DROP_REASON_NO_SOCKET)) &&
-		    echo_reply(skb, btf))
-			return 0;
-	}
+	/* each reason guarded by its existence: an older kernel's enum may lack it */
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE))
+		return 0;
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET) &&
+	    echo_reply(skb, btf))
+		return 0;
 	dev = READ(btf, skb, dev);
 	if (dev) {
 		key.netns = netns_of(dev, btf);

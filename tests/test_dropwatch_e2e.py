@@ -56,7 +56,7 @@ def test_a_netfilter_drop_is_counted_once_per_packet(lab: Netlab, drops: Any) ->
     net.container.sh("iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP")
     run = drops("--json", "--interval", "0.3", "--netns", net.container.name)
     net.host.sh("ping", "-c5", "-i0.2", "-W1", net.container_addr, check=False)
-    assert counted(run) == {(net.container.name, "eth0", "NETFILTER_DROP"): 5}
+    assert counted(run) == {(net.container.name, "eth0", reason("NETFILTER_DROP")): 5}
 
 
 def test_a_route_to_nowhere(lab: Netlab, drops: Any) -> None:
