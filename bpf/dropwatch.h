@@ -83,18 +83,18 @@ static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 locat
 	    echo_reply(skb, btf))
 		return 0;
 	dev = READ(btf, skb, dev);
-	if (dev) {
-		key.netns = netns_of(dev, btf);
-		key.ifindex = READ(btf, dev, ifindex);
-	}
 	slot = bpf_map_lookup_elem(&drop_last, &zero);
 	if (!slot)
 		return 0;
-	if (slot->count && slot->key.netns == key.netns && slot->key.ifindex == key.ifindex &&
-	    slot->key.reason == key.reason && slot->key.location == key.location) {
+	if (dev)
+		key.ifindex = READ(btf, dev, ifindex);
+	if (slot->count && slot->dev == (__u64)dev && slot->key.ifindex == key.ifindex &&
+	    slot->key.reason == reason && slot->key.location == location) {
 		slot->count += 1; /* the same place as this CPU's last drop */
 		return 0;
 	}
+	if (dev)
+		key.netns = netns_of(dev, btf);
 	/* another place: move the last one's drops into the map, where its key already is */
 	if (slot->count) {
 		n = place_count(&slot->key);
@@ -108,6 +108,7 @@ static __always_inline int count_drop(struct sk_buff *skb, bool btf, __u64 locat
 		return 0;
 	}
 	slot->key = key;
+	slot->dev = (__u64)dev;
 	slot->count = 1;
 	return 0;
 }

@@ -138,6 +138,7 @@ struct pktpath_drop_key {
 struct pktpath_drop_slot {
 	struct pktpath_drop_key key;
 	__u64 count;
+	__u64 dev; /* the device's address: a drop there again is known without its namespace */
 };
 
 #endif /* PKTPATH_EVENT_H */

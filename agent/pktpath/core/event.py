@@ -132,6 +132,7 @@ DROP_KEY_STRUCT, DROP_KEY_OFFSETS = _layout(DROP_KEY_FIELDS)
 DROP_SLOT_FIELDS = [
     ("key", f"{DROP_KEY_STRUCT.size}s"),
     ("count", "Q"),
+    ("dev", "Q"),
 ]
 DROP_SLOT_STRUCT, DROP_SLOT_OFFSETS = _layout(DROP_SLOT_FIELDS)
 

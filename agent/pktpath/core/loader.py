@@ -304,7 +304,8 @@ class Probes:
         self._bpf.check_int(lib.bpf_map_lookup_elem(self.maps.drop_last, ctypes.byref(zero),
                                                     slots), "reading drop_last")
         for cpu in range(ncpu):
-            raw, count = DROP_SLOT_STRUCT.unpack_from(slots.raw, cpu * DROP_SLOT_STRUCT.size)
+            raw, count, _dev = DROP_SLOT_STRUCT.unpack_from(slots.raw,
+                                                            cpu * DROP_SLOT_STRUCT.size)
             if count:
                 found[raw] = found.get(raw, 0) + count
         return found
