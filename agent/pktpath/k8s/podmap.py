@@ -56,11 +56,16 @@ class NodeNamespaces:
         self.node = node
         self.host = netns.Netns(netns.inode_of(host_path), host_path, "host")
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # sessions and the drop watch refresh from threads
         self._addresses: dict[int, tuple[netns.Netns, set[str]]] = {}
         self._pods: dict[int, tuple[PodInfo, netns.Netns]] = {}
 
     def refresh(self, pods: list[PodInfo]) -> None:
         """Match this node's pods to namespaces (rescanning namespaces not seen before)."""
+        with self._refreshing:
+            self._refresh(pods)
+
+    def _refresh(self, pods: list[PodInfo]) -> None:
         known = netns.known()
         for inode, ns in known.items():
             if inode not in self._addresses and inode != self.host.inode:
