@@ -309,7 +309,14 @@ def test_the_drop_watch_counts_a_pods_drops_and_tells_the_pod(cluster: Any, agen
               'interface="eth0",reason="NETFILTER_DROP"}')
     node.pods["web-0"].sh("ping", "-c", "40", "-i", "0.1", "-W", "1", "10.200.74.11",
                           check=False)
-    wait_for("the drop counts", lambda: agent.metrics().get(series) == 40, 30)
+    def drops_of_db() -> dict[str, float]:
+        return {k: v for k, v in agent.metrics().items() if k.startswith("pktpath_drops")}
+
+    try:
+        wait_for("the drop counts", lambda: agent.metrics().get(series) == 40, 30)
+    except AssertionError:
+        raise AssertionError(f"{series} is not 40: {drops_of_db()}\n"
+                             f"{agent.log()[-3000:]}") from None
     # other series may be there (IGMP reports dropped by pods that do not listen): all of
     # this node's namespaces, none of another test's
     for name in (k for k in agent.metrics() if k.startswith("pktpath_drops_total")):

@@ -76,15 +76,13 @@ class NodeDrops(threading.Thread):
     def run(self) -> None:
         try:
             with self._watch() as watch:
-                start = watch.read()
-                self._counted = dict(start.totals)  # before the agent: not its to report
+                # the map is new: everything in it was dropped since the watch attached
                 self.sink.set_drops(self.node, {}, 0)
                 self.ready.set()
                 while not self.stop_flag.wait(self.settings.period):
                     now = watch.read()
                     self.tally(now, self.settings.period)
-                    self.sink.set_drops(self.node, dict(self.series),
-                                        now.overflow - start.overflow)
+                    self.sink.set_drops(self.node, dict(self.series), now.overflow)
         except Exception as exc:  # the agent keeps tracing without it
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("the drop watch stopped")

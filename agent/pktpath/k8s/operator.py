@@ -215,6 +215,9 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
                           lambda: ctx.namespaces.refresh(kube.pods_on_node(node)),
                           ctx.reasons or {}, drops)
         watch.start()
+        # attached before the agent says it is ready: no drop after that is missed
+        if not watch.ready.wait(60):
+            log.warning("the drop watch is not attached after 60 s; starting without it")
     ready = threading.Event()
     server = serve(listen, metrics, ready)
     registry = kopf.OperatorRegistry()
