@@ -46,7 +46,14 @@ enum pktpath_event_flag {
 	PKTPATH_F_FLOW = 4, /* data[] holds a struct pktpath_flow, not packet bytes */
 };
 
-/* What a routing lookup looked up (fib_table_lookup has a flow, not a packet). */
+/* pktpath_event.ct_nat */
+enum pktpath_ct_nat {
+	PKTPATH_CT_SNAT = 1,
+	PKTPATH_CT_DNAT = 2,
+};
+
+/* What a routing lookup looked up (fib_table_lookup has a flow, not a packet); also the key
+ * of a tracked connection's flows. */
 struct pktpath_flow {
 	__u8 saddr[16];                /* IPv4 in the first 4 bytes, network byte order */
 	__u8 daddr[16];
@@ -62,6 +69,7 @@ struct pktpath_event {
 	__u64 time_ns;                 /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u64 skb;                     /* address of the struct sk_buff */
 	__u64 packet;                  /* the same on every hop of one packet (its first skb) */
+	__u64 conn;                    /* the same on every packet of one tracked connection, 0 */
 	__u64 location;                /* kfree_skb: the address that freed it;
 					  icmp_send: MTU of the route's device;
 					  fib_table_lookup: the table id */
@@ -74,18 +82,29 @@ struct pktpath_event {
 					  icmp_send: ICMP type << 8 | code;
 					  fib_table_lookup: the lookup's error (negative errno), 0;
 					  fib6_table_lookup: the route type (RTN_*), 0 for no route */
+	__u32 ct_mark;                 /* the packet's conntrack entry here: its mark */
 	__u16 cap_len;                 /* bytes of data[] that are valid */
 	__u16 protocol;                /* skb->protocol, an ethertype, network byte order */
 	__u16 vlan_tci;
 	__u16 vlan_proto;              /* network byte order */
+	__u16 ct_zone;                 /* its zone */
 	__u8 hook;                     /* enum pktpath_hook */
 	__u8 flags;                    /* enum pktpath_event_flag */
+	__u8 ct_state;                 /* its enum ip_conntrack_info + 1, 0: no entry */
+	__u8 ct_nat;                   /* enum pktpath_ct_nat: what the entry translates */
 	__u8 pad[2];
 	__u8 nexthop[16];              /* kfree_skb NEIGH_FAILED: the neighbour that did not answer;
 					  fib*_table_lookup: the gateway (IPv4 in the first 4 bytes);
 					  zero otherwise */
 	char ifname[PKTPATH_IFNAMSIZ];
 	__u8 data[PKTPATH_SNAPLEN];
+};
+
+/* A tracked connection (map conn_flows, keyed by each of its flows both ways round, with
+ * an ICMP echo's id as sport and dport 0). */
+struct pktpath_conn {
+	__u64 conn;                    /* its id: the address of the first translating entry */
+	__u64 last_ns;                 /* when a packet of it was last seen */
 };
 
 /* The filter, set in .rodata before the object is loaded. Zero means "any".

@@ -11,14 +11,15 @@
  *
  * The parts live in headers, each standing alone on common.h (includes, config, ring buffer,
  * counters, memory access): filter.h (which packets are wanted), expression.h (tcpdump
- * expressions), track.h (one packet across its hops), routes.h (--routes), dropwatch.h (drops
- * counted, not traced). event.h is the
+ * expressions), track.h (one packet across its hops), conns.h (a connection through NAT),
+ * routes.h (--routes), dropwatch.h (drops counted, not traced). event.h is the
  * layout shared with the Python side.
  */
 #include "common.h"
 #include "filter.h"
 #include "expression.h"
 #include "track.h"
+#include "conns.h"
 #include "routes.h"
 #include "dropwatch.h"
 
@@ -29,6 +30,8 @@ struct pktpath_event *unused_event __attribute__((unused));
 struct pktpath_flow *unused_flow __attribute__((unused));
 struct pktpath_drop_key *unused_drop_key __attribute__((unused));
 struct pktpath_drop_slot *unused_drop_slot __attribute__((unused));
+struct pktpath_conn *unused_conn __attribute__((unused));
+enum pktpath_ct_nat unused_ct_nat __attribute__((unused));
 struct pktpath_expr_scratch *unused_scratch __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
 enum pktpath_event_flag unused_flag __attribute__((unused));
@@ -59,7 +62,7 @@ static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h,
 
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
-				 __u32 reason, __u64 packet)
+				 __u32 reason, __u64 packet, struct ct_note *ct)
 {
 	unsigned char *first = h->l2 ? h->l2 : h->l3;
 	unsigned char *head = READ(btf, skb, head);
@@ -76,6 +79,11 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	e->time_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
 	e->packet = packet;
+	e->conn = ct->conn;
+	e->ct_mark = ct->mark;
+	e->ct_zone = ct->zone;
+	e->ct_state = ct->state;
+	e->ct_nat = ct->nat;
 	e->location = location;
 	e->reason = reason;
 	e->stack[0] = 0;
@@ -132,9 +140,11 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 {
 	struct net_device *dev = READ(btf, skb, dev);
 	struct headers h = {};
+	struct ct_note ct = {};
 	unsigned char *data;
 	__u16 type = 0;
-	__u64 packet;
+	__u64 packet = 0;
+	bool fresh = false;
 
 	if (!dev) {
 		/* a free or an error can come without a device (e.g. from a socket) */
@@ -185,21 +195,33 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	h.l3 = h.l2 ? h.l2 + ETH_HLEN : data;
 	skip_vlan_tags(&h, btf);
 
-	packet = cfg.track ? packet_of(skb, head_of(skb, btf), hook, &h, btf) : 0;
+	if (cfg.track) {
+		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, btf);
+		if (!packet)
+			ct.conn = conn_of(&h, btf); /* a packet of a tracked connection */
+	}
 	if (!packet) {
-		if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) &&
+		if (!ct.conn && (cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) &&
 		    !packet_wanted(&h, btf))
 			return 0;
-		if ((cfg.cbpf_len_l2 || cfg.cbpf_len_l3) && !expression_wanted(skb, &h, btf))
+		if (!ct.conn && (cfg.cbpf_len_l2 || cfg.cbpf_len_l3) &&
+		    !expression_wanted(skb, &h, btf))
 			return 0;
 		packet = (__u64)skb;
-		if (cfg.track && hook != PKTPATH_HOOK_KFREE_SKB)
+		fresh = true;
+	}
+	if (cfg.track) {
+		__u64 conn = ct.conn;
+
+		ct_note(skb, &ct, btf);
+		/* a new packet, or one that joined a connection here: its next hops know */
+		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
 			track_packet(skb, head_of(skb, btf), packet,
-				     fingerprint_at(h.l3, h.ethertype, btf));
+				     fingerprint_at(h.l3, h.ethertype, btf), ct.conn);
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet);
+	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, &ct);
 	return 0;
 }
 

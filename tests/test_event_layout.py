@@ -25,6 +25,7 @@ def btf_types() -> dict[str, dict[str, Any]]:
     ("pktpath_event", event.EVENT_FIELDS, event.EVENT_STRUCT),
     ("pktpath_config", event.CONFIG_FIELDS, event.CONFIG_STRUCT),
     ("pktpath_flow", event.FLOW_FIELDS, event.FLOW_STRUCT),
+    ("pktpath_conn", event.CONN_FIELDS, event.CONN_STRUCT),
     ("pktpath_drop_key", event.DROP_KEY_FIELDS, event.DROP_KEY_STRUCT),
     ("pktpath_drop_slot", event.DROP_SLOT_FIELDS, event.DROP_SLOT_STRUCT),
     ("pktpath_expr_scratch", event.EXPR_SCRATCH_FIELDS, event.EXPR_SCRATCH_STRUCT),
@@ -36,7 +37,8 @@ def test_struct_mirror_matches_btf(btf_types: dict[str, dict[str, Any]], name: s
     assert layout.size == btf["size"]
     members = [(m["name"], m["bits_offset"] // 8) for m in btf["members"]]
     offsets = {"pktpath_event": event.EVENT_OFFSETS, "pktpath_config": event.CONFIG_OFFSETS,
-               "pktpath_flow": event.FLOW_OFFSETS, "pktpath_drop_key": event.DROP_KEY_OFFSETS,
+               "pktpath_flow": event.FLOW_OFFSETS, "pktpath_conn": event.CONN_OFFSETS,
+               "pktpath_drop_key": event.DROP_KEY_OFFSETS,
                "pktpath_drop_slot": event.DROP_SLOT_OFFSETS,
                "pktpath_expr_scratch": event.EXPR_SCRATCH_OFFSETS}[name]
     assert [(f, offsets[f][0]) for f, _ in fields] == members
@@ -51,6 +53,7 @@ def test_struct_mirror_matches_btf(btf_types: dict[str, dict[str, Any]], name: s
     ("pktpath_event_flag", "PKTPATH_F", event.EventFlag),
     ("pktpath_proto", "PKTPATH_PROTO", event.Proto),
     ("pktpath_counter", "PKTPATH_COUNTER", event.Counter),
+    ("pktpath_ct_nat", "PKTPATH_CT", event.CtNat),
 ])
 def test_enum_mirror_matches_btf(btf_types: dict[str, dict[str, Any]], name: str, prefix: str,
                                  python_enum: Any) -> None:

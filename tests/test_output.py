@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from pktpath.core.event import EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
+from pktpath.core.event import EVENT_FIELDS, EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
 from pktpath.core.tracer import hop_from_record
 from pktpath.view.hops import json_object, text_line
 from test_packet import ECHO, eth, ipv4, ipv6
@@ -13,12 +13,18 @@ from test_packet import ECHO, eth, ipv4, ipv6
 
 def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
            hook: Hook = Hook.NET_DEV_QUEUE, flags: int = EventFlag.L2, protocol: int = 0x0800,
-           vlan_tci: int = 0) -> bytes:
-    return EVENT_STRUCT.pack(
-        123456789, 0xFFFF888012345678, 0xFFFF888012345678, 0,
-        *([0] * STACK_DEPTH), netns, 3, len(frame), 1, 0,
-        len(frame), struct.unpack("<H", struct.pack("!H", protocol))[0], vlan_tci, 0, hook,
-        flags, b"", b"", ifname.encode(), frame)
+           vlan_tci: int = 0, **fields: object) -> bytes:
+    values: dict[str, object] = {
+        "time_ns": 123456789, "skb": 0xFFFF888012345678, "packet": 0xFFFF888012345678,
+        "stack": [0] * STACK_DEPTH, "netns": netns, "ifindex": 3, "len": len(frame), "cpu": 1,
+        "cap_len": len(frame), "protocol": struct.unpack("<H", struct.pack("!H", protocol))[0],
+        "vlan_tci": vlan_tci, "hook": hook, "flags": flags, "ifname": ifname.encode(),
+        "data": frame, **fields}
+    packed: list[object] = []
+    for name, code in EVENT_FIELDS:
+        value = values.get(name, b"" if code.endswith("s") else 0)
+        packed.extend(value if isinstance(value, list) else [value])
+    return EVENT_STRUCT.pack(*packed)
 
 
 def test_echo_request_line_is_the_articles() -> None:

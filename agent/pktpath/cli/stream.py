@@ -17,7 +17,7 @@ from typing import TextIO
 
 from pktpath.core.hooks import without
 from pktpath.core.tracer import Hop, Tracer
-from pktpath.view.hops import Rewrites, json_object, text_line
+from pktpath.view.hops import Connections, Rewrites, json_object, text_line
 
 LOSS_CHECK_SECONDS = 1.0
 
@@ -61,15 +61,15 @@ def formatter(as_json: bool, latency: bool = False,
               names: Callable[[int], str] | None = None) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line (marking NAT rewrites, naming
     namespaces)."""
-    rewrites = Rewrites()
+    rewrites, connections = Rewrites(), Connections()
 
     def name(hop: Hop) -> str | None:
         return names(hop.event.netns) if names is not None and hop.event.netns else None
 
     if as_json:
-        return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop)),
-                                      separators=(",", ":"))
-    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop))
+        return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop),
+                                                  connections(hop)), separators=(",", ":"))
+    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop), connections(hop))
 
 
 @contextmanager

@@ -51,6 +51,19 @@ class EventFlag(enum.IntFlag):
     FLOW = 4
 
 
+class CtNat(enum.IntFlag):
+    """What a packet's conntrack entry translates (enum pktpath_ct_nat)."""
+
+    SNAT = 1
+    DNAT = 2
+
+
+NO_NAT = CtNat(0)
+
+# enum ip_conntrack_info, as pktpath_event.ct_state holds it (+ 1; 0: no entry)
+CT_STATES = ("established", "related", "new", "established-reply", "related-reply")
+
+
 class Proto(enum.IntEnum):
     """The protocol filter (enum pktpath_proto)."""
 
@@ -84,6 +97,7 @@ EVENT_FIELDS = [
     ("time_ns", "Q"),
     ("skb", "Q"),
     ("packet", "Q"),
+    ("conn", "Q"),
     ("location", "Q"),
     ("stack", f"{STACK_DEPTH}Q"),
     ("netns", "I"),
@@ -91,12 +105,16 @@ EVENT_FIELDS = [
     ("len", "I"),
     ("cpu", "I"),
     ("reason", "I"),
+    ("ct_mark", "I"),
     ("cap_len", "H"),
     ("protocol", "H"),
     ("vlan_tci", "H"),
     ("vlan_proto", "H"),
+    ("ct_zone", "H"),
     ("hook", "B"),
     ("flags", "B"),
+    ("ct_state", "B"),
+    ("ct_nat", "B"),
     ("pad", "2s"),
     ("nexthop", "16s"),
     ("ifname", f"{IFNAMSIZ}s"),
@@ -117,6 +135,13 @@ FLOW_FIELDS = [
     ("pad", "2s"),
 ]
 FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
+
+# struct pktpath_conn: a tracked connection, the value of map conn_flows
+CONN_FIELDS = [
+    ("conn", "Q"),
+    ("last_ns", "Q"),
+]
+CONN_STRUCT, CONN_OFFSETS = _layout(CONN_FIELDS)
 
 # struct pktpath_drop_key: the drop watch's map key
 DROP_KEY_FIELDS = [
@@ -184,19 +209,26 @@ class RawEvent:
     stack: tuple[int, ...] = ()  # kfree_skb: kernel return addresses, innermost first
     nexthop: bytes = b""  # kfree_skb NEIGH_FAILED: the gateway's address (zeros: on-link)
     packet: int = 0  # the same on every hop of one packet (0: not known)
+    conn: int = 0  # the same on every packet of one connection tracked through NAT (0: none)
+    ct_state: str | None = None  # the packet's conntrack entry here: CT_STATES, None: none
+    ct_zone: int = 0
+    ct_mark: int = 0
+    ct_nat: CtNat = NO_NAT  # what that entry translates
 
 
 _L2, _VLAN, _FLOW = int(EventFlag.L2), int(EventFlag.VLAN), int(EventFlag.FLOW)
+_CT_STATE = {i + 1: name for i, name in enumerate(CT_STATES)}
+_CT_NAT = [CtNat(i) for i in range(4)]
 
 
 def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
     if len(record) < DATA_OFFSET:
         raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
-    (time_ns, skb, packet, location, *rest) = _HEADER.unpack_from(record)
+    (time_ns, skb, packet, conn, location, *rest) = _HEADER.unpack_from(record)
     stack, rest = rest[:STACK_DEPTH], rest[STACK_DEPTH:]
-    (netns, ifindex, length, cpu, reason, cap_len, protocol, vlan_tci, vlan_proto, hook, flags,
-     _pad, nexthop, ifname) = rest
+    (netns, ifindex, length, cpu, reason, ct_mark, cap_len, protocol, vlan_tci, vlan_proto,
+     ct_zone, hook, flags, ct_state, ct_nat, _pad, nexthop, ifname) = rest
     cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
     vlan = bool(flags & _VLAN)
     return RawEvent(
@@ -219,4 +251,9 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         reason=reason,
         stack=tuple(itertools.takewhile(bool, stack)),
         nexthop=nexthop,
+        conn=conn,
+        ct_state=_CT_STATE.get(ct_state),
+        ct_zone=ct_zone,
+        ct_mark=ct_mark,
+        ct_nat=_CT_NAT[ct_nat & 3],
     )

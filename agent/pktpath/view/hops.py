@@ -7,8 +7,10 @@ keys are documented in README.md; a key is absent when it does not apply.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+from pktpath.core.event import CtNat
 from pktpath.core.packet import Packet, tcp_flags_text
 from pktpath.core.tracer import Hop
 
@@ -50,6 +52,20 @@ def _endpoint(addr: str | None, port: int) -> str:
     return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A packet's addresses or ports changed between two of its hops (NAT): which ones
+    (``DNAT``, ``SNAT`` or ``SNAT+DNAT``), as ``address:port`` before and after."""
+
+    kind: str
+    changes: tuple[tuple[str, str, str], ...]  # (SNAT or DNAT, before, after)
+
+    @property
+    def text(self) -> str:
+        """``DNAT 10.200.30.5:80 -> 10.200.20.2:80`` (each change, comma-separated)."""
+        return ", ".join(f"{kind} {before} -> {after}" for kind, before, after in self.changes)
+
+
 class Rewrites:
     """Notices when a packet's addresses or ports change between two of its hops (NAT).
 
@@ -62,8 +78,8 @@ class Rewrites:
         self._last: OrderedDict[int, tuple[object, ...]] = OrderedDict()
         self._memory = memory
 
-    def __call__(self, hop: Hop) -> str | None:
-        """``DNAT``, ``SNAT``, ``SNAT+DNAT``, or None when nothing changed."""
+    def __call__(self, hop: Hop) -> Rewrite | None:
+        """What changed since the packet's previous hop, or None when nothing did."""
         p, packet = hop.packet, hop.event.packet
         if not packet or p.src is None:
             return None
@@ -75,17 +91,48 @@ class Rewrites:
                 self._last.popitem(last=False)
         if before is None or before == now or before[4:] != now[4:]:
             return None
-        kinds = [kind for kind, a, b in (("SNAT", before[:2], now[:2]),
-                                         ("DNAT", before[2:], now[2:])) if a != b]
-        return "+".join(kinds)
+        changes = tuple(
+            (kind, _endpoint_text(a), _endpoint_text(b))
+            for kind, a, b in (("SNAT", before[:2], now[:2]), ("DNAT", before[2:4], now[2:4]))
+            if a != b)
+        return Rewrite("+".join(kind for kind, _, _ in changes), changes)
 
 
-def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None,
-              netns_name: str | None = None) -> str:
+def _endpoint_text(endpoint: tuple[object, ...]) -> str:
+    addr, port = endpoint
+    return _endpoint(str(addr), port) if isinstance(port, int) else str(addr)
+
+
+class Connections:
+    """Numbers the connections followed through NAT (1, 2, ...) in the order they appear: the
+    kernel's identity of one is an address, meaningless to a reader."""
+
+    def __init__(self, memory: int = 4096) -> None:
+        self._numbers: OrderedDict[int, int] = OrderedDict()
+        self._next = 1
+        self._memory = memory
+
+    def __call__(self, hop: Hop) -> int | None:
+        """The hop's connection number, None when it belongs to no tracked connection."""
+        conn = hop.event.conn
+        if not conn:
+            return None
+        number = self._numbers.get(conn)
+        if number is None:
+            number = self._numbers[conn] = self._next
+            self._next += 1
+            if len(self._numbers) > self._memory:
+                self._numbers.popitem(last=False)
+        return number
+
+
+def text_line(hop: Hop, latency: bool = False, rewrite: Rewrite | None = None,
+              netns_name: str | None = None, conn: int | None = None) -> str:
     """The hop as one line of text; a free ends with DROPPED (why) or delivered.
 
     With latency, the time since the packet's first hop follows the addresses (+0.021ms); a
-    rewrite (``DNAT``) is marked after them, and an encapsulated packet shows its tunnel.
+    rewrite (``DNAT 10.200.30.5:80 -> 10.200.20.2:80``) is marked after them, then the
+    connection the packet belongs to (``conn 1``), and an encapsulated packet shows its tunnel.
     """
     e = hop.event
     line = f"[{netns_name or e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
@@ -93,7 +140,9 @@ def text_line(hop: Hop, latency: bool = False, rewrite: str | None = None,
     if tunnel is not None:
         line += f" (in {tunnel.type} vni {tunnel.vni} {tunnel.src} -> {tunnel.dst})"
     if rewrite:
-        line += f"  {rewrite}"
+        line += f"  {rewrite.text}"
+    if conn is not None:
+        line += f"  conn {conn}"
     if latency and hop.since_first_ns is not None:
         line += f" +{hop.since_first_ns / 1e6:.3f}ms"
     if hop.fate is not None:
@@ -120,8 +169,8 @@ def status_object(hop: Hop, netns_name: str) -> dict[str, Any]:
     return {STATUS_KEYS[key]: value for key, value in obj.items() if key in STATUS_KEYS}
 
 
-def json_object(hop: Hop, rewrite: str | None = None,
-                netns_name: str | None = None) -> dict[str, Any]:
+def json_object(hop: Hop, rewrite: Rewrite | None = None,
+                netns_name: str | None = None, conn: int | None = None) -> dict[str, Any]:
     """The hop as a JSON-ready dict (keys documented in README.md)."""
     e, p = hop.event, hop.packet
     obj: dict[str, Any] = {
@@ -157,7 +206,14 @@ def json_object(hop: Hop, rewrite: str | None = None,
         "fragment": True if p.fragment else None,
         "truncated": True if p.truncated else None,
         "since_first_ns": hop.since_first_ns,
-        "rewrite": rewrite,
+        "rewrite": rewrite.kind if rewrite else None,
+        "nat": ([{"type": kind, "from": before, "to": after}
+                 for kind, before, after in rewrite.changes] if rewrite else None),
+        "conn": conn,
+        "ct_state": e.ct_state,
+        "ct_zone": e.ct_zone if e.ct_state else None,
+        "ct_mark": e.ct_mark if e.ct_state else None,
+        "ct_nat": "+".join(f.name or "" for f in CtNat if f in e.ct_nat) or None,
         "tunnel": ({"type": p.tunnel.type, "vni": p.tunnel.vni, "src": p.tunnel.src,
                     "dst": p.tunnel.dst} if p.tunnel else None),
     }

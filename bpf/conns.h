@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Following a connection through NAT: when a traced packet carries a conntrack entry that
+ * translates (DNAT, SNAT, MASQUERADE), the entry's original and reply tuples, both ways
+ * round, become keys of conn_flows. A later packet whose own addresses and ports are one of
+ * them belongs to the connection (its replies, its next packets, before and after the
+ * translation, in any namespace, inside VXLAN too) and is traced with the connection's id.
+ * A packet of no tracked connection pays one lookup, and none until a connection is tracked.
+ */
+#ifndef PKTPATH_CONNS_H
+#define PKTPATH_CONNS_H
+
+#include "common.h"
+#include "filter.h"
+
+/* A connection not seen for this long is over (its tuples may be reused). */
+#define CONN_IDLE_NS 10000000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct pktpath_flow);
+	__type(value, struct pktpath_conn);
+} conn_flows SEC(".maps");
+
+/* Set once a connection is tracked: until then no packet pays for a lookup. */
+__u32 conns_started = 0;
+
+/* What the kernel's conntrack says of the packet at this hop (event fields). */
+struct ct_note {
+	__u64 conn;  /* the connection's id, 0 for none */
+	__u32 mark;
+	__u16 zone;
+	__u8 state;  /* IP_CT_* + 1, 0 without an entry */
+	__u8 nat;    /* PKTPATH_CT_SNAT | PKTPATH_CT_DNAT */
+};
+
+/* An echo's identifier stands for the ports (conntrack's ICMP tuple: the id, no ports). */
+static __always_inline bool flow_l4(struct pktpath_flow *f, unsigned char *l4, bool btf)
+{
+	struct {
+		__u8 type, code;
+		__u16 check, id;
+	} icmp;
+	struct {
+		__u16 sport, dport;
+	} ports;
+
+	if (f->proto == 6 || f->proto == 17) {
+		if (PKT_COPY(btf, &ports, l4))
+			return false;
+		f->sport = ports.sport;
+		f->dport = ports.dport;
+		return true;
+	}
+	if (f->proto != 1 && f->proto != 58)
+		return false;
+	if (PKT_COPY(btf, &icmp, l4))
+		return false;
+	if (!(icmp.type == 8 || icmp.type == 0 || icmp.type == 128 || icmp.type == 129))
+		return false;
+	f->sport = icmp.id;
+	return true;
+}
+
+/* The flow of the IP packet at l3 (IPv6 without extension headers), false for another. */
+static __always_inline bool flow_at(struct pktpath_flow *f, unsigned char *l3, __u16 ethertype,
+				    bool btf)
+{
+	if (ethertype == ETH_P_IP) {
+		struct ipv4_header ip;
+
+		if (PKT_COPY(btf, &ip, l3) || (ip.frag_off & bpf_htons(IP_OFFSET)) ||
+		    (ip.ver_ihl & 0xF) < 5)
+			return false;
+		f->family = 4;
+		f->proto = ip.protocol;
+		*(__u32 *)f->saddr = ip.saddr;
+		*(__u32 *)f->daddr = ip.daddr;
+		return flow_l4(f, l3 + (ip.ver_ihl & 0xF) * 4, btf);
+	}
+	if (ethertype == ETH_P_IPV6) {
+		struct {
+			__u32 ver_tc_flow;
+			__u16 payload_len;
+			__u8 nexthdr, hop_limit;
+			__u8 saddr[16], daddr[16];
+		} ip6;
+
+		if (PKT_COPY(btf, &ip6, l3))
+			return false;
+		f->family = 6;
+		f->proto = ip6.nexthdr;
+		__builtin_memcpy(f->saddr, ip6.saddr, 16);
+		__builtin_memcpy(f->daddr, ip6.daddr, 16);
+		return flow_l4(f, l3 + sizeof(ip6), btf);
+	}
+	return false;
+}
+
+/* The packet's flow, or that of the packet inside it when it is VXLAN. */
+static __always_inline bool packet_flow(struct pktpath_flow *f, struct headers *h, bool btf)
+{
+	struct ipv4_header ip;
+	unsigned char *inner;
+	__u16 ethertype;
+
+	if (h->ethertype == ETH_P_IP && !PKT_COPY(btf, &ip, h->l3)) {
+		inner = vxlan_inner(&ip, h->l3, &ethertype, btf);
+		if (inner) {
+			__builtin_memset(f, 0, sizeof(*f));
+			return flow_at(f, inner, ethertype, btf);
+		}
+	}
+	return flow_at(f, h->l3, h->ethertype, btf);
+}
+
+/* The connection this packet belongs to, 0 if none: one lookup. */
+static __always_inline __u64 conn_of(struct headers *h, bool btf)
+{
+	struct pktpath_flow f = {};
+	struct pktpath_conn *c;
+	__u64 now;
+
+	if (!conns_started || !packet_flow(&f, h, btf))
+		return 0;
+	c = bpf_map_lookup_elem(&conn_flows, &f);
+	if (!c)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - c->last_ns > CONN_IDLE_NS) {
+		bpf_map_delete_elem(&conn_flows, &f);
+		return 0;
+	}
+	c->last_ns = now;
+	return c->conn;
+}
+
+/* A conntrack tuple as a flow, and the flow the other way round. */
+static __always_inline void tuple_flows(struct nf_conntrack_tuple *t, struct pktpath_flow *f,
+					struct pktpath_flow *back)
+{
+	bool echo = t->dst.protonum == 1 || t->dst.protonum == 58;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = t->src.l3num == AF_INET ? 4 : 6;
+	f->proto = t->dst.protonum;
+	if (f->family == 4) {
+		*(__u32 *)f->saddr = t->src.u3.all[0];
+		*(__u32 *)f->daddr = t->dst.u3.all[0];
+	} else {
+		__builtin_memcpy(f->saddr, t->src.u3.all, 16);
+		__builtin_memcpy(f->daddr, t->dst.u3.all, 16);
+	}
+	f->sport = t->src.u.all;
+	f->dport = echo ? 0 : t->dst.u.all;
+	*back = *f;
+	__builtin_memcpy(back->saddr, f->daddr, 16);
+	__builtin_memcpy(back->daddr, f->saddr, 16);
+	if (!echo) {
+		back->sport = f->dport;
+		back->dport = f->sport;
+	}
+}
+
+/* The entry's tuples (dir 0 original, 1 reply), both ways round, as keys of the connection;
+ * false when its original tuple already was one (nothing else written then). */
+static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __u64 now)
+{
+	struct pktpath_conn value = { .conn = conn, .last_ns = now };
+	struct nf_conntrack_tuple t;
+	struct pktpath_flow f, back;
+	struct pktpath_conn *known;
+
+	if (bpf_core_read(&t, sizeof(t), &ct->tuplehash[dir].tuple))
+		return false;
+	tuple_flows(&t, &f, &back);
+	if (dir == 0) {
+		known = bpf_map_lookup_elem(&conn_flows, &f);
+		if (known && known->conn == conn) {
+			known->last_ns = now;
+			return false;
+		}
+	}
+	bpf_map_update_elem(&conn_flows, &f, &value, BPF_ANY);
+	bpf_map_update_elem(&conn_flows, &back, &value, BPF_ANY);
+	return true;
+}
+
+/* What conntrack says of this hop; an entry that translates makes its connection tracked,
+ * under the packet's connection id if it has one, else a new one (the entry's address). */
+static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, bool btf)
+{
+	struct nf_conn *ct;
+	unsigned long nfct, status;
+	__u64 now;
+
+	if (!bpf_core_field_exists(skb->_nfct))
+		return;
+	nfct = READ(btf, skb, _nfct);
+	ct = (struct nf_conn *)(nfct & ~7UL);
+	if (!ct)
+		return;
+	note->state = (nfct & 7) + 1;
+	status = BPF_CORE_READ(ct, status);
+	note->nat = (status & IPS_SRC_NAT ? PKTPATH_CT_SNAT : 0) |
+		    (status & IPS_DST_NAT ? PKTPATH_CT_DNAT : 0);
+	if (bpf_core_field_exists(ct->mark))
+		note->mark = BPF_CORE_READ(ct, mark);
+	if (bpf_core_field_exists(ct->zone))
+		note->zone = BPF_CORE_READ(ct, zone.id);
+	if (!note->nat)
+		return;
+	if (!note->conn)
+		note->conn = (__u64)ct;
+	now = bpf_ktime_get_ns();
+	if (conn_add(ct, 0, note->conn, now))
+		conn_add(ct, 1, note->conn, now);
+	if (!conns_started)
+		conns_started = 1;
+}
+
+#endif /* PKTPATH_CONNS_H */
