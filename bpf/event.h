@@ -44,6 +44,7 @@ enum pktpath_event_flag {
 	PKTPATH_F_L2 = 1,   /* data[] starts with an Ethernet header, else with the L3 header */
 	PKTPATH_F_VLAN = 2, /* the skb carries an offloaded VLAN tag in vlan_tci / vlan_proto */
 	PKTPATH_F_FLOW = 4, /* data[] holds a struct pktpath_flow, not packet bytes */
+	PKTPATH_F_FIRST = 8, /* the packet's first hop seen (its id may be a freed one's) */
 };
 
 /* pktpath_event.ct_nat */

@@ -62,7 +62,7 @@ static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h,
 
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
-				 __u32 reason, __u64 packet, struct ct_note *ct)
+				 __u32 reason, __u64 packet, bool fresh, struct ct_note *ct)
 {
 	unsigned char *first = h->l2 ? h->l2 : h->l3;
 	unsigned char *head = READ(btf, skb, head);
@@ -117,7 +117,8 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	e->vlan_tci = READ(btf, skb, vlan_tci);
 	e->vlan_proto = READ(btf, skb, vlan_proto);
 	e->hook = hook;
-	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (skb_vlan_tag(skb, btf) ? PKTPATH_F_VLAN : 0);
+	e->flags = (h->l2 ? PKTPATH_F_L2 : 0) | (skb_vlan_tag(skb, btf) ? PKTPATH_F_VLAN : 0) |
+		   (fresh ? PKTPATH_F_FIRST : 0);
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	if (dev)
 		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
@@ -221,7 +222,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, &ct);
+	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, fresh, &ct);
 	return 0;
 }
 

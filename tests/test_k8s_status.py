@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pktpath.k8s.kube import PodInfo
+from pktpath.k8s.kube import PodInfo, ServiceInfo
 from pktpath.k8s.spec import Endpoint, SpecError, TraceSpec, parse_duration, parse_spec
 from pktpath.k8s.status import STALE_AFTER, Ends, merge, node_part
 
@@ -116,3 +116,63 @@ def test_spec_defaults_and_durations() -> None:
 def test_spec_errors(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_spec(spec, "shop")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"source": {"pod": "a"}, "destination": {"service": "db", "port": 5432}},
+     "tcp or udp and its port"),
+    ({"source": {"service": "db"}, "destination": {"pod": "b"}}, "exactly one of pod or ip"),
+    ({"source": {"pod": "a"}, "destination": {"pod": "b", "port": 80}, "protocol": "tcp"},
+     "port goes with service"),
+    ({"source": {"pod": "a"}, "destination": {"service": "db", "port": 80}, "protocol": "tcp",
+      "port": 81}, "differ"),
+    ({"source": {"pod": "a"}, "destination": {"service": "db", "pod": "b"}, "protocol": "udp",
+      "port": 53}, "exactly one of pod, ip or service"),
+])
+def test_service_spec_errors(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(spec, "shop")
+
+
+def test_a_service_destination_takes_its_port() -> None:
+    spec = parse_spec({"source": {"pod": "web-0"}, "protocol": "tcp",
+                       "destination": {"service": "db", "namespace": "data", "port": 5432}},
+                      "shop")
+    assert (spec.destination, spec.port) == (Endpoint(service="db", namespace="data"), 5432)
+    assert str(spec.destination) == "svc data/db"
+
+
+SVC = ServiceInfo("shop", "db", "10.200.200.10", ((5432, "tcp"),), ("10.200.2.10", "10.200.2.11"))
+SVC_ENDS = Ends("10.200.1.10", "10.200.200.10", WEB, None, SVC, 5432)
+SVC_SPEC = TraceSpec(Endpoint("web-0", "shop"), Endpoint(service="db", namespace="shop"),
+                     protocol="tcp", port=5432, probe_count=2, timeout=30)
+
+
+def test_through_a_service_the_result_names_it_and_the_chosen_endpoint() -> None:
+    translated = {**hop("node-a", "host", "cni0", "request", 2),
+                  "translation": "DNAT 10.200.200.10:5432 -> 10.200.2.11:5432",
+                  "endpoint": "shop/db-2"}
+    hops = [hop("node-a", "shop/web-0", "eth0", "request", 1), translated,
+            hop("node-a", "shop/web-0", "eth0", "reply", 3)]
+    hops += [dict(h, probe=2, timeNs=h["timeNs"] + 10) for h in hops]
+    merged = merge(body(node_part("node-a", "Done", hops, probes_sent=2)), SVC_SPEC, SVC_ENDS,
+                   now=T0 + 5)
+    assert merged.status["to"] == "svc shop/db:5432 (10.200.200.10)"
+    assert merged.status["result"] == (
+        "delivered via Service shop/db:5432 to shop/db-2 (2/2 probes answered)")
+    assert merged.status["path"][1]["translation"] == (
+        "DNAT 10.200.200.10:5432 -> 10.200.2.11:5432")
+
+
+def test_a_service_without_ready_endpoints_says_so() -> None:
+    empty = Ends("10.200.1.10", "10.200.200.10", WEB, None,
+                 ServiceInfo("shop", "db", "10.200.200.10", ((5432, "tcp"),)), 5432)
+    dropped = {**hop("node-a", "host", "cni0", "request", 2, hook="kfree_skb"), "drop": True,
+               "dropReason": "NETFILTER_DROP"}
+    part = node_part("node-a", "Done", [hop("node-a", "shop/web-0", "eth0", "request", 1),
+                                        dropped], probes_sent=2)
+    merged = merge(body(part), SVC_SPEC, empty, now=T0 + 5)
+    assert merged.status["phase"] == "Failed"
+    assert merged.status["result"] == (
+        "Service shop/db:5432 has no ready endpoints; dropped at node-a host cni0 (request): "
+        "NETFILTER_DROP")

@@ -240,28 +240,101 @@ def test_the_drop_watch_names_the_pod_in_the_agents_metrics(realnode: Any) -> No
         time.sleep(1)
 
 
+def service(node: Any, ns: str, name: str) -> str:
+    """A ClusterIP Service (TCP 5432, pods labelled app=NAME); its ClusterIP."""
+    node.kubectl("create", "service", "clusterip", name, "-n", ns, "--tcp=5432:5432")
+    cluster_ip = node.kubectl("get", "service", name, "-n", ns, "-o",
+                              "jsonpath={.spec.clusterIP}").stdout
+    assert cluster_ip.startswith("10.200.200.")
+    return cluster_ip
+
+
+def connect_from(node: Any, ns: str, pod: str, address: str) -> subprocess.CompletedProcess[str]:
+    """Connect from pod to address:5432 until kube-proxy has programmed it (30 s at most)."""
+    connect = (f"import socket; s = socket.create_connection(('{address}', 5432), timeout=5); "
+               "print(s.getpeername()[0])")
+    deadline = time.monotonic() + 30
+    while True:
+        done = node.kubectl("exec", "-n", ns, pod, "--", "python3", "-c", connect, check=False)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            return done
+        time.sleep(0.5)
+
+
 def test_a_pod_reaches_a_service_through_kube_proxy(realnode: Any) -> None:
     ns = namespace(realnode)
     ips = run_pods(realnode, ns, workload("web-0"), workload("db-1", {"app": "db"}))
-    realnode.kubectl("create", "service", "clusterip", "db", "-n", ns, "--tcp=5432:5432")
-    cluster_ip = realnode.kubectl("get", "service", "db", "-n", ns, "-o",
-                                  "jsonpath={.spec.clusterIP}").stdout
-    assert cluster_ip.startswith("10.200.200.")
-    connect = (f"import socket; s = socket.create_connection(('{cluster_ip}', 5432), timeout=5); "
-               "print(s.getpeername()[0])")
-    deadline = time.monotonic() + 30  # until kube-proxy has programmed the Service
-    while True:
-        done = realnode.kubectl("exec", "-n", ns, "web-0", "--", "python3", "-c", connect,
-                                check=False)
-        if done.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    cluster_ip = service(realnode, ns, "db")
+    done = connect_from(realnode, ns, "web-0", cluster_ip)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == cluster_ip
     endpoints = realnode.kubectl("get", "endpointslices", "-n", ns, "-l",
                                  "kubernetes.io/service-name=db", "-o",
                                  "jsonpath={.items[*].endpoints[*].addresses[*]}").stdout
     assert endpoints.split() == [ips["db-1"]]
+
+
+def service_trace(name: str, service_name: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "pktpath.dev/v1alpha1", "kind": "PacketTrace",
+                       "metadata": {"name": name},
+                       "spec": {"source": {"pod": "web-0"}, "protocol": "tcp",
+                                "destination": {"service": service_name, "port": 5432},
+                                "probe": {"count": 3, "interval": "200ms"}, "timeout": "30s",
+                                **spec}})
+
+
+def test_a_trace_to_a_service_names_the_endpoint_kube_proxy_chose(realnode: Any) -> None:
+    ns = namespace(realnode)
+    ips = run_pods(realnode, ns, workload("web-0"), workload("db-1", {"app": "db"}),
+                   workload("db-2", {"app": "db"}))
+    cluster_ip = service(realnode, ns, "db")
+    assert connect_from(realnode, ns, "web-0", cluster_ip).returncode == 0
+    realnode.kubectl("apply", "-n", ns, "-f", "-", stdin=service_trace("to-db", "db"))
+    status = wait_phase(realnode, ns, "to-db")
+
+    print(json.dumps({k: v for k, v in status.items() if k != "conditions"}))
+    assert status["phase"] == "Succeeded"
+    assert status["to"] == f"svc {ns}/db:5432 ({cluster_ip})"
+    translated = [h for h in status["path"] if h.get("translation")]
+    assert [h["direction"] for h in translated] == ["request", "reply"]
+    chosen = translated[0]["endpoint"]
+    assert chosen in (f"{ns}/db-1", f"{ns}/db-2")
+    chosen_ip = ips[chosen.split("/")[1]]
+    assert translated[0]["translation"] == f"DNAT {cluster_ip}:5432 -> {chosen_ip}:5432"
+    # the reply's source is translated back, where it leaves the host for web-0
+    assert translated[1]["translation"] == f"SNAT {chosen_ip}:5432 -> {cluster_ip}:5432"
+    web, db = host_veth(ips["web-0"]), host_veth(chosen_ip)
+    assert (translated[1]["netns"], translated[1]["interface"]) == ("host", web)
+    # the bridge itself shows only when the host had to resolve the endpoint's address: with
+    # bridge netfilter, a translated packet to a known neighbour is bridged straight on
+    assert [p for p in path_of(status) if p[1] != "pktpath-cni0"] == [
+        (f"{ns}/web-0", "eth0", "request"), ("host", web, "request"),
+        ("host", db, "request"), (chosen, "eth0", "request"),
+        (chosen, "eth0", "reply"), ("host", db, "reply"),
+        ("host", web, "reply"), (f"{ns}/web-0", "eth0", "reply")]
+    chosen_all = sorted({h["endpoint"] for n in status["nodes"] for h in n["hops"]
+                         if h.get("endpoint")})
+    assert set(chosen_all) <= {f"{ns}/db-1", f"{ns}/db-2"}
+    assert status["result"] == (f"delivered via Service {ns}/db:5432 to "
+                                f"{', '.join(chosen_all)} (3/3 probes answered)")
+
+
+def test_a_trace_to_a_service_without_endpoints_says_so(realnode: Any) -> None:
+    ns = namespace(realnode)
+    run_pods(realnode, ns, workload("web-0"))
+    cluster_ip = service(realnode, ns, "nobody")  # selects app=nobody: no pod has it
+    done = connect_from(realnode, ns, "web-0", cluster_ip)
+    assert done.returncode != 0
+    realnode.kubectl("apply", "-n", ns, "-f", "-", stdin=service_trace("to-nobody", "nobody"))
+    status = wait_phase(realnode, ns, "to-nobody")
+
+    print(json.dumps({k: v for k, v in status.items() if k != "conditions"}))
+    assert status["phase"] == "Failed"
+    drop = status["path"][-1]
+    assert (drop["netns"], drop["direction"], drop["drop"]) == ("host", "request", True)
+    assert status["result"].startswith(
+        f"Service {ns}/nobody:5432 has no ready endpoints; dropped at pktpath-node host "
+        f"{drop['interface']} (request): {drop['dropReason']}")
 
 
 def test_the_agent_pod_deleted_mid_trace_is_recreated_and_the_trace_resumes(
@@ -340,6 +413,15 @@ def test_kubectl_pktpath_against_the_real_node(realnode: Any) -> None:
         ["7.|--", f"{node}/host", web, "reply", "0.0%"],
         ["8.|--", f"{node}/{ns}/web-0", "eth0", "reply", "0.0%"]], done.stdout
     assert lines[-1] == "Succeeded: delivered (3/3 probes answered)"
+    cluster_ip = service(realnode, ns, "db")
+    realnode.kubectl("label", "pod", "db-1", "-n", ns, "app=db", "--overwrite")
+    assert connect_from(realnode, ns, "web-0", cluster_ip).returncode == 0
+    done = subprocess.run(["kubectl", "pktpath", "web-0", "svc/db", "--tcp", "--port", "5432",
+                           "-n", ns, "-c", "3", "--interval", "200ms", "--timeout", "30s"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        f"Succeeded: delivered via Service {ns}/db:5432 to {ns}/db-1 (3/3 probes answered)")
 
 
 # what the agent's ServiceAccount may do (charts/pktpath/templates/rbac.yaml), and some of
@@ -350,7 +432,9 @@ RBAC = [("list", "pods", "yes"), ("watch", "nodes", "yes"),
         ("get", "secrets", "no"), ("list", "configmaps", "no"), ("create", "pods", "no"),
         ("delete", "pods", "no"), ("patch", "packettraces.pktpath.dev", "no"),
         ("create", "packettraces.pktpath.dev", "no"), ("delete", "packettraces.pktpath.dev", "no"),
-        ("update", "nodes", "no"), ("create", "pods/exec", "no")]
+        ("update", "nodes", "no"), ("create", "pods/exec", "no"), ("get", "services", "yes"),
+        ("list", "services", "no"), ("list", "endpointslices.discovery.k8s.io", "yes"),
+        ("update", "services", "no")]
 
 
 def test_the_agents_token_as_its_pod_gets_it_can_do_what_rbac_allows(realnode: Any) -> None:

@@ -49,6 +49,7 @@ class EventFlag(enum.IntFlag):
     L2 = 1
     VLAN = 2
     FLOW = 4
+    FIRST = 8
 
 
 class CtNat(enum.IntFlag):
@@ -209,6 +210,7 @@ class RawEvent:
     stack: tuple[int, ...] = ()  # kfree_skb: kernel return addresses, innermost first
     nexthop: bytes = b""  # kfree_skb NEIGH_FAILED: the gateway's address (zeros: on-link)
     packet: int = 0  # the same on every hop of one packet (0: not known)
+    first: bool = False  # the packet's first hop seen: its id may have been a freed packet's
     conn: int = 0  # the same on every packet of one connection tracked through NAT (0: none)
     ct_state: str | None = None  # the packet's conntrack entry here: CT_STATES, None: none
     ct_zone: int = 0
@@ -216,7 +218,8 @@ class RawEvent:
     ct_nat: CtNat = NO_NAT  # what that entry translates
 
 
-_L2, _VLAN, _FLOW = int(EventFlag.L2), int(EventFlag.VLAN), int(EventFlag.FLOW)
+_L2, _VLAN, _FLOW, _FIRST = (int(EventFlag.L2), int(EventFlag.VLAN), int(EventFlag.FLOW),
+                             int(EventFlag.FIRST))
 _CT_STATE = {i + 1: name for i, name in enumerate(CT_STATES)}
 _CT_NAT = [CtNat(i) for i in range(4)]
 
@@ -251,6 +254,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         reason=reason,
         stack=tuple(itertools.takewhile(bool, stack)),
         nexthop=nexthop,
+        first=bool(flags & _FIRST),
         conn=conn,
         ct_state=_CT_STATE.get(ct_state),
         ct_zone=ct_zone,

@@ -43,6 +43,23 @@ class PodInfo:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A Service as a trace needs it: its ClusterIP and ports, and the ready endpoints'
+    addresses when it was read."""
+
+    namespace: str
+    name: str
+    cluster_ip: str | None  # None for a headless Service
+    ports: tuple[tuple[int, str], ...]  # (port, protocol in lower case)
+    ready: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """namespace/name"""
+        return f"{self.namespace}/{self.name}"
+
+
 def _pod_info(pod: Any) -> PodInfo:
     ips = tuple(p.ip for p in (pod.status.pod_ips or []) if p.ip) if pod.status else ()
     if not ips and pod.status and pod.status.pod_ip:
@@ -71,6 +88,7 @@ class Kube:
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api()
+        self.discovery = client.DiscoveryV1Api()
         self.custom = client.CustomObjectsApi()
         self._errors = errors  # a callable counting API errors, for the metrics
         self._lock = threading.Lock()
@@ -88,6 +106,28 @@ class Kube:
                 return None
             self._failed()
             raise
+
+    def get_service(self, namespace: str, name: str) -> ServiceInfo | None:
+        """The Service with its ready endpoints' addresses, or None when it does not exist."""
+        try:
+            svc = self.core.read_namespaced_service(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            self._failed()
+            raise
+        spec = svc.spec
+        if spec is None:
+            return ServiceInfo(namespace, name, None, ())
+        ip = spec.cluster_ip if spec.cluster_ip not in (None, "", "None") else None
+        ports = tuple((p.port, (p.protocol or "TCP").lower()) for p in spec.ports or [])
+        slices = self.discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={name}")
+        ready = tuple(sorted({
+            address for piece in slices.items for e in piece.endpoints or []
+            if e.conditions is None or e.conditions.ready is not False
+            for address in e.addresses or []}))
+        return ServiceInfo(namespace, name, ip, ports, ready)
 
     def pods_on_node(self, node: str) -> list[PodInfo]:
         """The pods scheduled on node."""

@@ -27,6 +27,7 @@ examples:
   kubectl pktpath web-0 db-1 -n shop                     5 ICMP probes, report and diagram
   kubectl pktpath web-0 db-1 -n shop --tcp --port 5432   TCP SYNs to PostgreSQL
   kubectl pktpath shop/web-0 10.96.0.10 -c 10 --rm       to an IP; delete the trace after
+  kubectl pktpath web-0 svc/db -n shop --tcp --port 5432 through a Service: names the endpoint
 """
 
 
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Trace probes from one pod to another (or an IP) with the "
                      "pktpath agents and show, per interface, where they went.")
     parser.add_argument("source", help="pod name, namespace/name, or IP")
-    parser.add_argument("destination", help="pod name, namespace/name, or IP")
+    parser.add_argument("destination",
+                        help="pod name, namespace/name, IP, or svc/NAME (a Service: with --tcp "
+                             "or --udp and its --port)")
     parser.add_argument("-n", "--namespace", default=None,
                         help="namespace of the PacketTrace and of pods named without one "
                         "(default: the kubeconfig context's)")
@@ -64,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def endpoint(text: str, namespace: str) -> dict[str, str]:
-    """A PacketTrace end from the command line's word."""
+    """A PacketTrace end from the command line's word: an IP, ``[NS/]POD``, or
+    ``svc/NAME`` (``svc/NS/NAME``, ``service/...``) for a Service."""
     try:
         return {"ip": str(ipaddress.ip_address(text))}
     except ValueError:
         pass
+    kind, _, rest = text.partition("/")
+    if kind in ("svc", "service") and rest:
+        ns, _, name = rest.rpartition("/")
+        return {"service": name, "namespace": ns or namespace}
     ns, _, pod = text.rpartition("/")
     return {"pod": pod, "namespace": ns or namespace}
 
@@ -86,6 +94,11 @@ def packet_trace(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
         "probe": {"count": args.count, "interval": args.interval},
         "timeout": args.timeout,
     }
+    if "service" in spec["source"]:
+        raise PluginError("the source is a pod or an IP (probes start there), not a Service")
+    if "service" in spec["destination"] and not (args.tcp or args.udp):
+        raise PluginError("a Service is traced with --tcp or --udp and its --port (kube-proxy "
+                          "does not forward ICMP to its endpoints)")
     if args.tcp or args.udp:
         spec["port"] = args.port
     base = spec["source"].get("pod") or "ip"

@@ -29,7 +29,7 @@ from pktpath.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import TraceSpec
 from pktpath.k8s.status import Ends, merge, node_part, parse_time
-from pktpath.view.hops import status_object
+from pktpath.view.hops import Rewrites, status_object
 
 log = logging.getLogger("pktpath.agent")
 
@@ -124,6 +124,8 @@ class TraceSession(threading.Thread):
         self.icmp_ident = int(self.uid.replace("-", "")[:8], 16) & 0xFFFF  # of its probes
         self._flows: dict[tuple[Any, ...], int] = {}
         self._drop_reported = False
+        self._rewrites = Rewrites()
+        self._pods_by_ip: dict[str, str] = {}  # a translated destination's pod, asked once
         self.prober: Prober | None = None
 
     # -- called from the operator's threads ----------------------------------------------
@@ -313,12 +315,18 @@ class TraceSession(threading.Thread):
         if place is None or identity is None:
             return False
         probe, direction = identity
+        rewrite = self._rewrites(hop)
         if hop.fate is not None and not hop.fate.drop:
             return False  # a free that is part of delivery: not a hop
+        translated: dict[str, str] = {}
+        if rewrite is not None:
+            translated["translation"] = rewrite.text
+            if "DNAT" in rewrite.kind and direction == "request" and hop.packet.dst:
+                translated["endpoint"] = self._pod_name(hop.packet.dst)
         self.hops.append({
             "node": place.node, **({"pod": place.pod} if place.pod else {}),
-            **status_object(hop, place.netns), "direction": direction, "probe": probe,
-            "timeNs": hop.event.time_ns + self._clock_offset,
+            **status_object(hop, place.netns), **translated, "direction": direction,
+            "probe": probe, "timeNs": hop.event.time_ns + self._clock_offset,
         })
         if hop.fate and not self._drop_reported:
             self._drop_reported = True
@@ -328,12 +336,28 @@ class TraceSession(threading.Thread):
                                 "Warning")
         return True
 
+    def _pod_name(self, ip: str) -> str:
+        """The pod with ip (namespace/name), else the ip: a Service's chosen endpoint."""
+        if ip not in self._pods_by_ip:
+            try:
+                pod = self.ctx.kube.pod_with_ip(ip)
+            except (ApiException, HTTPError, OSError):
+                self.ctx.metrics.add("api_errors")
+                return ip  # asked again next time
+            self._pods_by_ip[ip] = pod.ref if pod else ip
+        return self._pods_by_ip[ip]
+
     def _identity(self, hop: Hop) -> tuple[int, str] | None:
-        """(probe or packet number, direction) of a hop, or None when it is not ours."""
+        """(probe or packet number, direction) of a hop, or None when it is not ours.
+
+        Behind a Service, the destination is its ClusterIP until kube-proxy translates it to
+        an endpoint's address: either one counts, as does any packet of the connection the
+        kernel follows through the translation."""
         p = hop.packet
-        if p.src == self.ends.source_ip and p.dst == self.ends.destination_ip:
+        ours = self.ends.destinations
+        if p.src == self.ends.source_ip and (p.dst in ours or hop.event.conn):
             direction = "request"
-        elif p.src == self.ends.destination_ip and p.dst == self.ends.source_ip:
+        elif p.dst == self.ends.source_ip and (p.src in ours or hop.event.conn):
             direction = "reply"
         else:
             return None

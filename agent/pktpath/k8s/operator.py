@@ -22,7 +22,7 @@ from pktpath.core.expression import compile_expression
 from pktpath.core.libbpf import Libbpf
 from pktpath.core.symbols import Symbols, drop_reasons
 from pktpath.k8s.drops import DropSettings, NodeDrops
-from pktpath.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo
+from pktpath.k8s.kube import GROUP, PLURAL, VERSION, Kube, PodInfo, ServiceInfo
 from pktpath.k8s.metrics import Metrics, serve
 from pktpath.k8s.node_trace import (
     DEFAULT_MAX_TRACES,
@@ -133,7 +133,13 @@ class Agent:
     def resolve(self, spec: TraceSpec) -> Ends:
         """Addresses and pods of both ends; SpecError when one cannot be traced."""
         source, source_ip = self._endpoint(spec.source, "source")
-        destination, destination_ip = self._endpoint(spec.destination, "destination")
+        if spec.destination.service:
+            service = self._service(spec.destination, spec)
+            assert service.cluster_ip is not None
+            destination, destination_ip = None, service.cluster_ip
+        else:
+            service = None
+            destination, destination_ip = self._endpoint(spec.destination, "destination")
         if ipaddress.ip_address(source_ip).version != ipaddress.ip_address(destination_ip).version:
             raise SpecError(f"source {source_ip} and destination {destination_ip} are not of "
                             "the same IP family")
@@ -145,7 +151,21 @@ class Agent:
         if spec.probe_count and source is None:
             raise SpecError("probes are sent from the source pod: give spec.source.pod, or "
                             "omit spec.probe to only watch")
-        return Ends(source_ip, destination_ip, source, destination)
+        return Ends(source_ip, destination_ip, source, destination, service, spec.port)
+
+    def _service(self, end: Endpoint, spec: TraceSpec) -> ServiceInfo:
+        assert end.service and end.namespace
+        service = self.ctx.kube.get_service(end.namespace, end.service)
+        if service is None:
+            raise SpecError(f"destination service {end.namespace}/{end.service} does not exist")
+        if service.cluster_ip is None:
+            raise SpecError(f"service {service.ref} is headless (no ClusterIP): trace to one "
+                            "of its pods instead")
+        if (spec.port, spec.protocol) not in service.ports:
+            offered = ", ".join(f"{port}/{proto}" for port, proto in service.ports) or "none"
+            raise SpecError(f"service {service.ref} has no port {spec.port}/{spec.protocol} "
+                            f"(it has {offered})")
+        return service
 
     def _endpoint(self, end: Endpoint, what: str) -> tuple[PodInfo | None, str]:
         if end.ip:

@@ -26,13 +26,16 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One end of a trace: a pod (namespace/name) or an IP."""
+    """One end of a trace: a pod (namespace/name), an IP, or (as destination) a Service."""
 
     pod: str | None = None
     namespace: str | None = None
     ip: str | None = None
+    service: str | None = None
 
     def __str__(self) -> str:
+        if self.service:
+            return f"svc {self.namespace}/{self.service}"
         return f"{self.namespace}/{self.pod}" if self.pod else str(self.ip)
 
 
@@ -51,15 +54,22 @@ class TraceSpec:
 
 
 def _endpoint(raw: Any, default_namespace: str, what: str) -> Endpoint:
-    if not isinstance(raw, Mapping) or bool(raw.get("pod")) == bool(raw.get("ip")):
-        raise SpecError(f"spec.{what} needs exactly one of pod or ip")
+    kinds = ("pod", "ip", "service") if what == "destination" else ("pod", "ip")
+    if not isinstance(raw, Mapping) or sum(bool(raw.get(k)) for k in kinds) != 1:
+        raise SpecError(f"spec.{what} needs exactly one of {', '.join(kinds[:-1])} or "
+                        f"{kinds[-1]}")
+    if raw.get("port") and not raw.get("service"):
+        raise SpecError(f"spec.{what}.port goes with service (a pod's port is spec.port)")
     if raw.get("ip"):
         try:
             ip = str(ipaddress.ip_address(str(raw["ip"])))
         except ValueError:
             raise SpecError(f"spec.{what}.ip {raw['ip']!r} is not an IP address") from None
         return Endpoint(ip=ip)
-    return Endpoint(pod=str(raw["pod"]), namespace=str(raw.get("namespace") or default_namespace))
+    namespace = str(raw.get("namespace") or default_namespace)
+    if raw.get("service"):
+        return Endpoint(service=str(raw["service"]), namespace=namespace)
+    return Endpoint(pod=str(raw["pod"]), namespace=namespace)
 
 
 def parse_spec(spec: Mapping[str, Any], namespace: str) -> TraceSpec:
@@ -68,6 +78,16 @@ def parse_spec(spec: Mapping[str, Any], namespace: str) -> TraceSpec:
     if protocol not in ("icmp", "tcp", "udp"):
         raise SpecError(f"spec.protocol {protocol!r} is not icmp, tcp or udp")
     port = int(spec.get("port") or 0)
+    destination = spec.get("destination")
+    service_port = int(destination.get("port") or 0) if isinstance(destination, Mapping) else 0
+    if service_port:
+        if port and port != service_port:
+            raise SpecError(f"spec.port {port} and spec.destination.port {service_port} differ: "
+                            "give one")
+        port = service_port
+    if isinstance(destination, Mapping) and destination.get("service") and protocol == "icmp":
+        raise SpecError("a Service is traced with tcp or udp and its port (kube-proxy does not "
+                        "forward ICMP to its endpoints)")
     if protocol == "icmp" and port:
         raise SpecError("spec.port is not allowed with icmp")
     if protocol != "icmp" and not 0 < port < 65536:
@@ -78,7 +98,7 @@ def parse_spec(spec: Mapping[str, Any], namespace: str) -> TraceSpec:
         raise SpecError("spec.probe.count must be positive")
     return TraceSpec(
         source=_endpoint(spec.get("source"), namespace, "source"),
-        destination=_endpoint(spec.get("destination"), namespace, "destination"),
+        destination=_endpoint(destination, namespace, "destination"),
         protocol=protocol,
         port=port,
         probe_count=count,

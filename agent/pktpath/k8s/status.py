@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pktpath.core.hopstats import Place, Table
-from pktpath.k8s.kube import PodInfo, now_rfc3339
+from pktpath.k8s.kube import PodInfo, ServiceInfo, now_rfc3339
 from pktpath.k8s.spec import TraceSpec
 
 STALE_AFTER = 15.0  # seconds past the deadline after which a Running part counts as failed
@@ -32,6 +32,19 @@ class Ends:
     destination_ip: str
     source_pod: PodInfo | None = None
     destination_pod: PodInfo | None = None
+    service: ServiceInfo | None = None  # the destination is this Service's ClusterIP
+    port: int = 0  # the destination port (a Service's: shown with it)
+
+    @property
+    def destinations(self) -> frozenset[str]:
+        """Addresses a request goes to: the destination's, and a Service's ready endpoints'
+        (kube-proxy translates the ClusterIP to one of them)."""
+        return frozenset((self.destination_ip, *(self.service.ready if self.service else ())))
+
+    @property
+    def service_label(self) -> str:
+        """``Service shop/db:5432``, empty without one."""
+        return f"Service {self.service.ref}:{self.port}" if self.service else ""
 
     @property
     def source_node(self) -> str | None:
@@ -44,7 +57,10 @@ class Ends:
         return self.destination_pod.node if self.destination_pod else None
 
     def label(self, pod: PodInfo | None, ip: str) -> str:
-        """How an end is shown: ``shop/web-0 (10.244.1.7)`` or the IP."""
+        """How an end is shown: ``shop/web-0 (10.244.1.7)``, ``svc shop/db:5432
+        (10.96.0.12)`` or the IP."""
+        if self.service and ip == self.destination_ip and pod is None:
+            return f"svc {self.service.ref}:{self.port} ({ip})"
         return f"{pod.ref} ({ip})" if pod else ip
 
 
@@ -228,16 +244,23 @@ def _result(spec: TraceSpec, ends: Ends, ordered: Mapping[int, list[dict[str, An
     replies = _replies(ends, ordered)
     total = max(sent, len(ordered))
     drop = next((h for h in path if h.get("drop")), None)
+    empty = (f"{ends.service_label} has no ready endpoints; "
+             if ends.service and not ends.service.ready else "")
     if drop is not None and replies < total:
         explain = f" ({drop['explain']})" if drop.get("explain") else ""
-        return (f"dropped at {drop['node']} {drop['netns']} {drop['interface']} "
+        return (f"{empty}dropped at {drop['node']} {drop['netns']} {drop['interface']} "
                 f"({drop['direction']}): {drop['dropReason']}{explain}")
+    via = ""
+    if ends.service:
+        chosen = sorted({h["endpoint"] for hops in ordered.values() for h in hops
+                         if h.get("endpoint")})
+        via = f" via {ends.service_label}" + (f" to {', '.join(chosen)}" if chosen else "")
     if replies == total:
-        return f"delivered ({replies}/{total} probes answered)"
+        return f"delivered{via} ({replies}/{total} probes answered)"
     if replies:
-        return f"{replies}/{total} probes answered"
+        return f"{replies}/{total} probes answered{via}"
     last = path[-1]
-    return (f"no reply: last seen at {last['node']} {last['netns']} {last['interface']} "
+    return (f"{empty}no reply: last seen at {last['node']} {last['netns']} {last['interface']} "
             f"({last['direction']})")
 
 

@@ -70,8 +70,9 @@ class Rewrites:
     """Notices when a packet's addresses or ports change between two of its hops (NAT).
 
     A packet is known by its identity (its first skb's address), which the kernel reuses for
-    a later packet once this one is freed: a free ends the packet here, and a hop whose
-    protocol or ICMP id/sequence differs (NAT changes neither) is another packet.
+    a later packet once this one is freed: a free ends the packet here, a packet's first hop
+    (flagged by the kernel) starts one, and a hop whose protocol or ICMP id/sequence differs
+    (NAT changes neither) is another packet.
     """
 
     def __init__(self, memory: int = 4096) -> None:
@@ -85,6 +86,8 @@ class Rewrites:
             return None
         now = (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
         before = self._last.pop(packet, None)
+        if hop.event.first:
+            before = None  # a new packet that took a freed one's identity
         if hop.fate is None:
             self._last[packet] = now
             if len(self._last) > self._memory:
