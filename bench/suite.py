@@ -15,6 +15,9 @@ side mean anything):
   perf-trace   perf trace -e 'net:*' -a to a file
   expr-nomatch pktpath trace 'host 10.200.99.99': a tcpdump expression matching nothing, run
                on every packet (translated into eBPF at load time)
+  conn-nomatch (a) with a connection tracked through NAT elsewhere (namespaces of its own, a
+               DNAT there): every packet of the flood then pays the lookup of its flow in
+               the tracked connections (compare with nomatch, where none is tracked)
   drop-watch   pktpath drops (every drop counted in the kernel; no trace): the flood's sink never
                reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
@@ -175,12 +178,41 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
                        os.path.join(workdir, "perf.out")],
         "expr-nomatch": [*pktpath, "host 10.200.99.99"],
+        "conn-nomatch": [*pktpath, "--host", "10.200.99.99"],
         "drop-watch": [sys.executable, "-m", "pktpath", "drops", "--json", "--interval", "1"],
         "expr-baseline": [*baseline_command(baseline or ""), "host 10.200.99.99"],
     }[mode]
 
 
 MARKERS = {"bpftrace": "Attaching", "perf-trace": "", "drop-watch": "counting drops"}
+
+
+def nat_connection() -> None:
+    """One datagram to 10.200.99.99 through a DNAT, in two namespaces of its own: the trace
+    (--host 10.200.99.99) sees it translated and tracks its connection."""
+    c1, c2 = f"ppb-{os.getpid()}-c1", f"ppb-{os.getpid()}-c2"
+    commands = [
+        ["ip", "netns", "add", c1], ["ip", "netns", "add", c2],
+        ["ip", "-n", c1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+         "netns", c2],
+        ["ip", "-n", c1, "addr", "add", "10.200.98.1/24", "dev", "eth0"],
+        ["ip", "-n", c2, "addr", "add", "10.200.98.2/24", "dev", "eth0"],
+        ["ip", "-n", c1, "link", "set", "eth0", "up"],
+        ["ip", "-n", c2, "link", "set", "eth0", "up"],
+        ["ip", "-n", c1, "route", "add", "10.200.99.99/32", "via", "10.200.98.2"],
+        ["ip", "netns", "exec", c2, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ["ip", "netns", "exec", c2, "iptables", "-t", "nat", "-A", "PREROUTING", "-d",
+         "10.200.99.99", "-j", "DNAT", "--to-destination", "10.200.98.1"],
+        ["ip", "netns", "exec", c1, sys.executable, "-c", "import socket; socket.socket("
+         "socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('10.200.99.99', 9))"],
+    ]
+    try:
+        for cmd in commands:
+            subprocess.run(cmd, check=True, capture_output=True)
+        time.sleep(0.2)
+    finally:
+        for ns in (c1, c2):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
@@ -201,6 +233,8 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
     try:
         if traffic.kind == "udp" or mode != "one-in-100":
             start()
+            if mode == "conn-nomatch":
+                nat_connection()
             return traffic.run(seconds)
         return traffic.run(seconds, between=start)  # the filter needs the flow's port
     finally:

@@ -5,7 +5,8 @@
  * round, become keys of conn_flows. A later packet whose own addresses and ports are one of
  * them belongs to the connection (its replies, its next packets, before and after the
  * translation, in any namespace, inside VXLAN too) and is traced with the connection's id.
- * A packet of no tracked connection pays one lookup, and none until a connection is tracked.
+ * A packet of no tracked connection pays a hash of its flow and a bit test (conn_bloom), and
+ * nothing until a connection is tracked.
  */
 #ifndef PKTPATH_CONNS_H
 #define PKTPATH_CONNS_H
@@ -25,6 +26,24 @@ struct {
 
 /* Set once a connection is tracked: until then no packet pays for a lookup. */
 __u32 conns_started = 0;
+
+/* A bit per hash of every tracked flow (never cleared: a stale bit costs a lookup, no more).
+ * A packet whose bit is clear belongs to no tracked connection: no map lookup. Bits are set
+ * without atomics (5.10 has no atomic or): two connections tracked at the same instant on two
+ * CPUs may lose one's bit, which then is not followed. */
+#define CONN_BLOOM_WORDS 1024
+__u64 conn_bloom[CONN_BLOOM_WORDS];
+
+static __always_inline __u32 flow_hash(struct pktpath_flow *f)
+{
+	__u64 *w = (__u64 *)f;
+	__u64 x = w[0] ^ (w[1] << 1) ^ (w[2] << 2) ^ (w[3] << 3) ^ (w[4] << 4);
+
+	x ^= x >> 31;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 29;
+	return (__u32)x & (CONN_BLOOM_WORDS * 64 - 1);
+}
 
 /* What the kernel's conntrack says of the packet at this hop (event fields). */
 struct ct_note {
@@ -115,14 +134,19 @@ static __always_inline bool packet_flow(struct pktpath_flow *f, struct headers *
 	return flow_at(f, h->l3, h->ethertype, btf);
 }
 
-/* The connection this packet belongs to, 0 if none: one lookup. */
+/* The connection this packet belongs to, 0 if none. */
 static __always_inline __u64 conn_of(struct headers *h, bool btf)
 {
 	struct pktpath_flow f = {};
 	struct pktpath_conn *c;
 	__u64 now;
 
+	__u32 bit;
+
 	if (!conns_started || !packet_flow(&f, h, btf))
+		return 0;
+	bit = flow_hash(&f);
+	if (!(conn_bloom[bit / 64] & (1ULL << (bit % 64))))
 		return 0;
 	c = bpf_map_lookup_elem(&conn_flows, &f);
 	if (!c)
@@ -134,6 +158,13 @@ static __always_inline __u64 conn_of(struct headers *h, bool btf)
 	}
 	c->last_ns = now;
 	return c->conn;
+}
+
+static __always_inline void bloom_add(struct pktpath_flow *f)
+{
+	__u32 bit = flow_hash(f);
+
+	conn_bloom[bit / 64] |= 1ULL << (bit % 64);
 }
 
 /* A conntrack tuple as a flow, and the flow the other way round. */
@@ -184,6 +215,8 @@ static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __
 	}
 	bpf_map_update_elem(&conn_flows, &f, &value, BPF_ANY);
 	bpf_map_update_elem(&conn_flows, &back, &value, BPF_ANY);
+	bloom_add(&f);
+	bloom_add(&back);
 	return true;
 }
 
