@@ -66,7 +66,7 @@ class ApiServer:
             deps.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{kine_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={self.port}", f"--cert-dir={w}/pki",
-            "--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
+            "--service-cluster-ip-range=10.200.249.0/24", "--endpoint-reconciler-type=none",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-signing-key-file={w}/sa.key",
             f"--service-account-key-file={w}/sa.key", f"--token-auth-file={w}/tokens.csv",

@@ -128,3 +128,26 @@ def test_a_masqueraded_connection_is_followed_both_ways(lab: Netlab, trace: Any)
     assert snat[0]["nat"] == [{"type": "SNAT", "from": f"{net.c1_addr}:{first['sport']}",
                                "to": f"10.200.87.1:{snat[0]['sport']}"}]
     assert {e.get("conn") for e in events if reply(e)} == {1}
+
+
+def test_the_cli_names_a_service_address_from_the_kubeconfig(
+        lab: Netlab, trace: Any, cluster: Any) -> None:
+    svc = "10.200.249.50"
+    cluster.kubectl("create", "service", "clusterip", "db", "-n", "default", "--tcp=80:8080",
+                    f"--clusterip={svc}")
+    try:
+        a, b, db = vxlan_pods(lab, 88, 89)
+        service(a.ns, svc, f"{db}:8080", "-p", "tcp", "--dport", "80")
+        with tcp_listener(b.pods["db"], 8080) as server:
+            run = trace("tcp and dst host " + svc, "--kubeconfig", cluster.admin_kubeconfig,
+                        "--no-drops")
+            connect(a.pods["web"], svc, 80)
+            server.wait(5)
+            lines = run.stop().lines()
+    finally:
+        cluster.kubectl("delete", "service", "db", "-n", "default")
+    syn = next(line for line in lines if line.endswith("[S]"))
+    assert " tcp 10.200.88.10:" in syn and syn.endswith(" -> svc default/db:80 [S]")
+    synack_home = [line for line in lines if "[S.]" in line and "svc default/db:80 ->" in line]
+    assert synack_home, "the reply after its translation back comes from the Service"
+    assert any(f"DNAT {svc}:80 -> {db}:8080" in line for line in lines)

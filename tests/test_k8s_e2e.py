@@ -158,13 +158,20 @@ def test_pod_to_pod_across_two_nodes_over_vxlan(cluster: Any, agents: Any, lab: 
 
 @pytest.mark.parametrize("spec, message", [
     ({"source": {"pod": "web-0", "ip": "10.200.1.1"}, "destination": {"pod": "db-1"}},
-     "give exactly one of pod or ip"),
+     "give exactly one of pod, ip or service"),
     ({"source": {"pod": "web-0"}, "destination": {"ip": "10.200.1.300"}},
      "must be an IPv4 or IPv6 address"),
     ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "protocol": "sctp"},
      'Unsupported value: "sctp"'),
     ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "protocol": "tcp"},
-     "port is required for tcp and udp, and not allowed for icmp"),
+     "port (or destination.port of a Service) is required for tcp and udp, and not allowed "
+     "for icmp"),
+    ({"source": {"pod": "web-0"}, "destination": {"service": "db", "port": 5432}},
+     "a Service is traced with tcp or udp and its port"),
+    ({"source": {"service": "db"}, "destination": {"pod": "db-1"}},
+     "the source is a pod or an IP (probes start there), not a Service"),
+    ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1", "port": 80}, "port": 80,
+      "protocol": "tcp"}, "port goes with service"),
     ({"source": {"pod": "web-0"}, "destination": {"pod": "db-1"}, "timeout": "soon"},
      "spec.timeout in body should match"),
     ({"source": {"pod": "web-0"}}, "spec.destination: Required value"),

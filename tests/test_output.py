@@ -97,3 +97,28 @@ def test_a_status_hop_is_the_json_object_through_the_key_map() -> None:
         "location": "nf_hook_slow", "explain": "netfilter, ip family, input hook"}
     assert status_object(hop, "node-a") == {"netns": "node-a", "netnsInode": 4026532258,
                                             "interface": "eth0", "hook": "kfree_skb"}
+
+
+def test_a_service_address_is_named_where_it_is_known() -> None:
+    tcp = struct.pack("!HHIIBBHHH", 43512, 5432, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    hop = hop_from_record(record(eth(0x0800) + ipv4(6, tcp), ifname="eth0"))
+    names = {"10.200.0.2": "svc shop/db"}
+    assert text_line(hop, addresses=names).endswith(
+        " eth0 tcp 10.200.0.1:43512 -> svc shop/db:5432 [S]")
+    obj = json_object(hop, addresses=names)
+    assert (obj["dst"], obj["dst_name"], "src_name" in obj) == ("10.200.0.2", "svc shop/db",
+                                                                False)
+    assert "dst_name" not in json_object(hop)
+
+
+def test_a_tracked_connection_and_its_conntrack_entry_in_json_and_text() -> None:
+    tcp = struct.pack("!HHIIBBHHH", 43512, 5432, 1, 0, 5 << 4, 0x12, 65535, 0, 0)
+    hop = hop_from_record(record(eth(0x0800) + ipv4(6, tcp), ifname="eth0", conn=0xFFFF1,
+                                 ct_state=4, ct_zone=7, ct_mark=0x10, ct_nat=2))
+    obj = json_object(hop, conn=1)
+    assert {k: obj[k] for k in ("conn", "ct_state", "ct_zone", "ct_mark", "ct_nat")} == {
+        "conn": 1, "ct_state": "established-reply", "ct_zone": 7, "ct_mark": 16,
+        "ct_nat": "DNAT"}
+    assert text_line(hop, conn=1).endswith("[S.]  conn 1")
+    plain = json_object(hop_from_record(record(eth(0x0800) + ipv4(6, tcp))))
+    assert not {"conn", "ct_state", "ct_zone", "ct_mark", "ct_nat"} & set(plain)

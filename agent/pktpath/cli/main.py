@@ -37,6 +37,7 @@ examples:
   pktpath trace --proto tcp --port 80 --json | jq  TCP port 80, one JSON object a line
   pktpath trace --proto arp -i br0                 ARP on br0 in any namespace
   pktpath trace --netns blue --proto udp -c 10     10 UDP packets in `ip netns` blue
+  pktpath trace --host 10.96.0.12 --kubeconfig kc   a Service's ClusterIP named svc NS/NAME
 """
 
 DROPS_EXAMPLES = """\
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("-w", "--write", metavar="FILE",
                        help="also write the packets to FILE as pcap-ng (mode 0600), a comment "
                        "on each naming its namespace, interface, hook and packet")
+    trace.add_argument("--kubeconfig", metavar="FILE",
+                       help="name each Service's ClusterIP (svc shop/db) from the cluster of "
+                       "this kubeconfig (read once at the start)")
     trace.add_argument("--diagram", action="store_true",
                        help="at the end, draw the path of the first packet traced (and its "
                        "reply) across namespaces")
@@ -259,6 +263,11 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     hooks = select_hooks({flag for flag in FLAGS if getattr(args, flag[2:].replace("-", "_"))})
     nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
     names = NetnsNames()
+    addresses = None
+    if args.kubeconfig:
+        from pktpath.k8s.services import service_names
+
+        addresses = service_names(args.kubeconfig)
     pcap = open_private(args.write) if args.write else None
     sinks: list[Callable[[Hop], None]] = []
     path = FirstPath(names) if args.diagram else None
@@ -279,7 +288,7 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         announce(tracer, err)
         run(tracer, stop, out, err, as_json=args.json, latency=args.latency, count=args.count,
             annotate=nf.annotate if nf else None, names=names,
-            on_hop=_fan_out(sinks))
+            on_hop=_fan_out(sinks), addresses=addresses)
     if writer is not None:
         message(err, f"{writer.packets} packets written to {args.write}")
     if path is not None:

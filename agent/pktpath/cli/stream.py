@@ -10,7 +10,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
@@ -58,9 +58,10 @@ def announce(tracer: Tracer, err: TextIO) -> None:
 
 
 def formatter(as_json: bool, latency: bool = False,
-              names: Callable[[int], str] | None = None) -> Callable[[Hop], str]:
+              names: Callable[[int], str] | None = None,
+              addresses: Mapping[str, str] | None = None) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line (marking NAT rewrites, naming
-    namespaces)."""
+    namespaces and, with addresses, some addresses)."""
     rewrites, connections = Rewrites(), Connections()
 
     def name(hop: Hop) -> str | None:
@@ -68,8 +69,10 @@ def formatter(as_json: bool, latency: bool = False,
 
     if as_json:
         return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop),
-                                                  connections(hop)), separators=(",", ":"))
-    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop), connections(hop))
+                                                  connections(hop), addresses),
+                                      separators=(",", ":"))
+    return lambda hop: text_line(hop, latency, rewrites(hop), name(hop), connections(hop),
+                                 addresses)
 
 
 @contextmanager
@@ -108,12 +111,13 @@ def run(
     annotate: Callable[[Hop], Hop] | None = None,
     names: Callable[[int], str] | None = None,
     on_hop: Callable[[Hop], None] | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> SessionResult:
     """Write hops to out until stop is set or count hops were written; then the summary.
 
     names names namespaces; on_hop sees every hop written (the pcap-ng file, the diagram).
     """
-    fmt = formatter(as_json, latency, names)
+    fmt = formatter(as_json, latency, names, addresses)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
 

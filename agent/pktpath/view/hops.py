@@ -7,7 +7,8 @@ keys are documented in README.md; a key is absent when it does not apply.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pktpath.core.event import CtNat
@@ -24,8 +25,12 @@ ICMP_TYPES = {
 ARP_OPS = {1: "request", 2: "reply"}
 
 
-def describe(p: Packet) -> str:
-    """What the packet is, after the interface column."""
+def describe(p: Packet, addresses: Mapping[str, str] | None = None) -> str:
+    """What the packet is, after the interface column; addresses names some addresses (a
+    Service's ClusterIP as ``svc shop/db``)."""
+    if addresses and (p.src in addresses or p.dst in addresses):
+        p = replace(p, src=addresses.get(p.src or "", p.src),
+                    dst=addresses.get(p.dst or "", p.dst))
     if p.family == "arp":
         if p.arp_op == 1:
             return f"arp who-has {p.dst} tell {p.src}"
@@ -49,7 +54,7 @@ def describe(p: Packet) -> str:
 
 
 def _endpoint(addr: str | None, port: int) -> str:
-    return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
+    return f"[{addr}]:{port}" if addr and ":" in addr and " " not in addr else f"{addr}:{port}"
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,8 @@ class Connections:
 
 
 def text_line(hop: Hop, latency: bool = False, rewrite: Rewrite | None = None,
-              netns_name: str | None = None, conn: int | None = None) -> str:
+              netns_name: str | None = None, conn: int | None = None,
+              addresses: Mapping[str, str] | None = None) -> str:
     """The hop as one line of text; a free ends with DROPPED (why) or delivered.
 
     With latency, the time since the packet's first hop follows the addresses (+0.021ms); a
@@ -138,7 +144,8 @@ def text_line(hop: Hop, latency: bool = False, rewrite: Rewrite | None = None,
     connection the packet belongs to (``conn 1``), and an encapsulated packet shows its tunnel.
     """
     e = hop.event
-    line = f"[{netns_name or e.netns:>12}] {e.ifname or '-':>16} {describe(hop.packet)}"
+    line = (f"[{netns_name or e.netns:>12}] {e.ifname or '-':>16} "
+            f"{describe(hop.packet, addresses)}")
     tunnel = hop.packet.tunnel
     if tunnel is not None:
         line += f" (in {tunnel.type} vni {tunnel.vni} {tunnel.src} -> {tunnel.dst})"
@@ -173,8 +180,10 @@ def status_object(hop: Hop, netns_name: str) -> dict[str, Any]:
 
 
 def json_object(hop: Hop, rewrite: Rewrite | None = None,
-                netns_name: str | None = None, conn: int | None = None) -> dict[str, Any]:
-    """The hop as a JSON-ready dict (keys documented in README.md)."""
+                netns_name: str | None = None, conn: int | None = None,
+                addresses: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The hop as a JSON-ready dict (keys documented in README.md); addresses names some
+    addresses (``src_name``, ``dst_name``)."""
     e, p = hop.event, hop.packet
     obj: dict[str, Any] = {
         "time_ns": e.time_ns,
@@ -196,7 +205,9 @@ def json_object(hop: Hop, rewrite: Rewrite | None = None,
                  else (p.vlans[0] if p.vlans else None)),
         "proto": p.proto,
         "src": p.src,
+        "src_name": addresses.get(p.src or "") if addresses else None,
         "dst": p.dst,
+        "dst_name": addresses.get(p.dst or "") if addresses else None,
         "ttl": p.ttl,
         "sport": p.sport,
         "dport": p.dport,
