@@ -18,6 +18,9 @@ side mean anything):
   conn-nomatch (a) with a connection tracked through NAT elsewhere (namespaces of its own, a
                DNAT there): every packet of the flood then pays the lookup of its flow in
                the tracked connections (compare with nomatch, where none is tracked)
+  agent-N      N PacketTraces matching nothing on one node, as the agent runs them (one BPF
+               object each; bench/agent_scale.py): also peak RSS and BPF map memory, e.g.
+               --modes agent-1,agent-10,agent-50
   drop-watch   pktpath drops (every drop counted in the kernel; no trace): the flood's sink never
                reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
@@ -32,6 +35,7 @@ median time from starting pktpath to its "tracing" line; the user-space path in 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -129,13 +133,15 @@ class Traffic:
 
 
 def started(cmd: list[str], marker: str, out: str, cwd: str = REPO, wait: float = 0.0,
-            marker_on_stdout: bool = False) -> tuple[subprocess.Popen[str], float]:
+            marker_on_stdout: bool = False,
+            stdout_pipe: bool = False) -> tuple[subprocess.Popen[str], float]:
     """Start a tracer; wait for marker on its stderr (or stdout), or wait seconds;
     (process, seconds it took)."""
     begin = time.monotonic()
     with open(out, "w") as sink:
         proc = subprocess.Popen(cmd, cwd=cwd, text=True,
-                                stdout=subprocess.PIPE if marker_on_stdout else sink,
+                                stdout=subprocess.PIPE if marker_on_stdout or stdout_pipe
+                                else sink,
                                 stderr=sink if marker_on_stdout else subprocess.PIPE)
     stream = proc.stdout if marker_on_stdout else proc.stderr
     assert stream is not None
@@ -148,13 +154,17 @@ def started(cmd: list[str], marker: str, out: str, cwd: str = REPO, wait: float 
     return proc, time.monotonic() - begin
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str], memory: dict[str, list[dict[str, int]]] | None = None,
+         mode: str = "") -> None:
+    """End a tracer; an agent-N one prints its memory on stdout, kept in memory[mode]."""
     proc.terminate()
     try:
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        out, _ = proc.communicate()
+    if memory is not None and out:
+        memory.setdefault(mode, []).append(json.loads(out.strip().splitlines()[-1]))
 
 
 def baseline_command(checkout: str) -> list[str]:
@@ -165,10 +175,17 @@ def baseline_command(checkout: str) -> list[str]:
             sys.executable, "-m", package, "trace"]
 
 
+def netns_inode(name: str) -> str:
+    return str(os.stat(f"/run/netns/{name}").st_ino)
+
+
 def tracer(mode: str, traffic: Traffic, workdir: str,
            baseline: str | None = None) -> list[str] | None:
     """The command of a mode (None for untraced)."""
     pktpath = [sys.executable, "-m", "pktpath", "trace"]
+    if mode.startswith("agent-"):
+        return [sys.executable, os.path.join(REPO, "bench", "agent_scale.py"), mode[6:],
+                netns_inode(traffic.topo.a), netns_inode(traffic.topo.b)]
     return {
         "untraced": None,
         "nomatch": [*pktpath, "--host", "10.200.99.99"],
@@ -216,7 +233,8 @@ def nat_connection() -> None:
 
 
 def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
-            startup: list[float], baseline: str | None = None) -> float:
+            startup: list[float], baseline: str | None = None,
+            memory: dict[str, list[dict[str, int]]] | None = None) -> float:
     out = os.path.join(workdir, f"{mode}.out")
     cmd = tracer(mode, traffic, workdir, baseline)
     if cmd is None:
@@ -225,7 +243,8 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
 
     def start() -> None:
         proc, took = started(cmd, MARKERS.get(mode, "tracing"), out, wait=2.0,
-                             marker_on_stdout=mode == "bpftrace")
+                             marker_on_stdout=mode == "bpftrace",
+                             stdout_pipe=mode.startswith("agent-"))
         holder.append(proc)
         if mode == "nomatch":
             startup.append(took)
@@ -239,7 +258,7 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
         return traffic.run(seconds, between=start)  # the filter needs the flow's port
     finally:
         for proc in holder:
-            stop(proc)
+            stop(proc, memory if mode.startswith("agent-") else None, mode)
 
 
 def main() -> int:
@@ -265,6 +284,7 @@ def main() -> int:
     if not os.path.exists("/sys/kernel/tracing/events"):
         subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
     startup: list[float] = []
+    memory: dict[str, list[dict[str, int]]] = {}
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
         for kind in args.traffic.split(","):
@@ -275,7 +295,7 @@ def main() -> int:
                 for r in range(args.rounds):
                     for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
                         rates[mode].append(measure(mode, traffic, args.seconds, workdir,
-                                                   startup, args.baseline))
+                                                   startup, args.baseline, memory))
                         time.sleep(0.3)
                     print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{m} {rates[m][-1]:,.0f}" for m in modes), file=sys.stderr)
@@ -292,6 +312,10 @@ def main() -> int:
         for mode, values in rates.items():
             ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
             print(f"{mode:<14}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}")
+    for mode, runs in memory.items():
+        rss = statistics.median(r["peak_rss_kib"] for r in runs) / 1024
+        maps = statistics.median(r["map_kib"] for r in runs) / 1024
+        print(f"{mode}: peak RSS median {rss:.0f} MiB, BPF maps {maps:.1f} MiB")
     if startup:
         print(f"\nstart to 'tracing': median {statistics.median(startup) * 1000:.0f} ms "
               f"({len(startup)} starts)")

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""N PacketTrace sessions' worth of tracing in one process, as the agent runs them today:
+each its own Tracer (BPF object, maps and ring buffer sized as the agent sizes them, filter on
+two addresses and the node's namespace set) followed on its own thread. The filters match
+nothing the benchmark sends. Prints "tracing N" once all are attached, then, when stopped
+(SIGTERM), the process's peak RSS and the kernel memory of the BPF maps it holds (their
+memlock), both on stdout as one JSON object.
+
+    sudo python3 bench/agent_scale.py N NETNS-INODE...     (bench/suite.py's agent-N modes)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import sys
+import threading
+
+from pktpath.core.filters import probe_filter
+from pktpath.core.tracer import Tracer
+from pktpath.k8s.node_trace import SESSION_MAP_ENTRIES, SESSION_RING_BYTES
+
+
+def map_memory() -> int:
+    """Bytes of kernel memory (memlock) of the BPF maps this process holds open."""
+    total = 0
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue
+        if "map_type" in fields:
+            total += int(fields.get("memlock", "0").strip() or 0)
+    return total
+
+
+def main() -> int:
+    count, inodes = int(sys.argv[1]), [int(i) for i in sys.argv[2:]]
+    hosts = (ipaddress.ip_address("10.200.99.98"), ipaddress.ip_address("10.200.99.99"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    tracers = []
+    for _ in range(count):
+        tracer = Tracer(probe_filter(hosts, "icmp", netns_set=True),
+                        ring_bytes=SESSION_RING_BYTES, map_entries=SESSION_MAP_ENTRIES).open()
+        tracer.set_netns(inodes)
+        tracers.append(tracer)
+    threads = [threading.Thread(target=t.follow, args=(stop, lambda hop: None), daemon=True)
+               for t in tracers]
+    for thread in threads:
+        thread.start()
+    print(f"tracing {count}", file=sys.stderr, flush=True)
+    stop.wait()
+    for thread in threads:
+        thread.join(5)
+    with open(f"/proc/{os.getpid()}/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"traces": count, "peak_rss_kib": peak,
+                      "map_kib": map_memory() // 1024}), flush=True)
+    for tracer in tracers:
+        tracer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
