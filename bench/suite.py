@@ -18,9 +18,10 @@ side mean anything):
   conn-nomatch (a) with a connection tracked through NAT elsewhere (namespaces of its own, a
                DNAT there): every packet of the flood then pays the lookup of its flow in
                the tracked connections (compare with nomatch, where none is tracked)
-  agent-N      N PacketTraces matching nothing on one node, as the agent runs them (one BPF
-               object each; bench/agent_scale.py): also peak RSS and BPF map memory, e.g.
-               --modes agent-1,agent-10,agent-50
+  agent-N      N PacketTraces matching nothing on one node, as the agent runs them (one
+               program set for all; bench/agent_scale.py): also peak RSS and BPF map memory,
+               e.g. --modes agent-1,agent-10,agent-50; agent-own-N: each its own BPF object,
+               as before
   drop-watch   pktpath drops (every drop counted in the kernel; no trace): the flood's sink never
                reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
@@ -184,8 +185,9 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
     """The command of a mode (None for untraced)."""
     pktpath = [sys.executable, "-m", "pktpath", "trace"]
     if mode.startswith("agent-"):
-        return [sys.executable, os.path.join(REPO, "bench", "agent_scale.py"), mode[6:],
-                netns_inode(traffic.topo.a), netns_inode(traffic.topo.b)]
+        own = ["--own"] if mode.startswith("agent-own-") else []
+        return [sys.executable, os.path.join(REPO, "bench", "agent_scale.py"), *own,
+                mode.rsplit("-", 1)[1], netns_inode(traffic.topo.a), netns_inode(traffic.topo.b)]
     return {
         "untraced": None,
         "nomatch": [*pktpath, "--host", "10.200.99.99"],

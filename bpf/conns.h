@@ -135,7 +135,7 @@ static __always_inline bool packet_flow(struct pktpath_flow *f, struct headers *
 }
 
 /* The connection this packet belongs to, 0 if none. */
-static __always_inline __u64 conn_of(struct headers *h, bool btf)
+static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 {
 	struct pktpath_flow f = {};
 	struct pktpath_conn *c;
@@ -157,6 +157,7 @@ static __always_inline __u64 conn_of(struct headers *h, bool btf)
 		return 0;
 	}
 	c->last_ns = now;
+	*traces = c->traces;
 	return c->conn;
 }
 
@@ -196,9 +197,10 @@ static __always_inline void tuple_flows(struct nf_conntrack_tuple *t, struct pkt
 
 /* The entry's tuples (dir 0 original, 1 reply), both ways round, as keys of the connection;
  * false when its original tuple already was one (nothing else written then). */
-static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __u64 now)
+static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __u64 traces,
+				     __u64 now)
 {
-	struct pktpath_conn value = { .conn = conn, .last_ns = now };
+	struct pktpath_conn value = { .conn = conn, .last_ns = now, .traces = traces };
 	struct nf_conntrack_tuple t;
 	struct pktpath_flow f, back;
 	struct pktpath_conn *known;
@@ -208,10 +210,12 @@ static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __
 	tuple_flows(&t, &f, &back);
 	if (dir == 0) {
 		known = bpf_map_lookup_elem(&conn_flows, &f);
-		if (known && known->conn == conn) {
+		if (known && known->conn == conn && (known->traces & traces) == traces) {
 			known->last_ns = now;
 			return false;
 		}
+		if (known && known->conn == conn)
+			value.traces |= known->traces;
 	}
 	bpf_map_update_elem(&conn_flows, &f, &value, BPF_ANY);
 	bpf_map_update_elem(&conn_flows, &back, &value, BPF_ANY);
@@ -222,7 +226,8 @@ static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __
 
 /* What conntrack says of this hop; an entry that translates makes its connection tracked,
  * under the packet's connection id if it has one, else a new one (the entry's address). */
-static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, bool btf)
+static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, __u64 traces,
+				    bool btf)
 {
 	struct nf_conn *ct;
 	unsigned long nfct, status;
@@ -247,8 +252,8 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, b
 	if (!note->conn)
 		note->conn = (__u64)ct;
 	now = bpf_ktime_get_ns();
-	if (conn_add(ct, 0, note->conn, now))
-		conn_add(ct, 1, note->conn, now);
+	if (conn_add(ct, 0, note->conn, traces, now))
+		conn_add(ct, 1, note->conn, traces, now);
 	if (!conns_started)
 		conns_started = 1;
 }

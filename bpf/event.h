@@ -71,6 +71,7 @@ struct pktpath_event {
 	__u64 skb;                     /* address of the struct sk_buff */
 	__u64 packet;                  /* the same on every hop of one packet (its first skb) */
 	__u64 conn;                    /* the same on every packet of one tracked connection, 0 */
+	__u64 traces;                  /* with trace_set: a bit per trace of the agent it is for */
 	__u64 location;                /* kfree_skb: the address that freed it;
 					  icmp_send: MTU of the route's device;
 					  fib_table_lookup: the table id */
@@ -106,6 +107,15 @@ struct pktpath_event {
 struct pktpath_conn {
 	__u64 conn;                    /* its id: the address of the first translating entry */
 	__u64 last_ns;                 /* when a packet of it was last seen */
+	__u64 traces;                  /* with trace_set: the traces it is for */
+};
+
+/* The agent's traces' addresses, hashed (map trace_bloom): bit PKTPATH_ADDR_HASH(x) is set for
+ * every address of trace_addrs, x the XOR of its four 32-bit words as the CPU loads them. */
+#define PKTPATH_ADDR_BLOOM_WORDS 256
+#define PKTPATH_ADDR_HASH(x) ((__u32)((x) * 0x9E3779B1U) >> 18) /* 14 bits */
+struct pktpath_addr_bloom {
+	__u64 bits[PKTPATH_ADDR_BLOOM_WORDS];
 };
 
 /* The filter, set in .rodata before the object is loaded. Zero means "any".
@@ -121,7 +131,8 @@ struct pktpath_config {
 	__u8 n_host6;                  /* entries of host6[] in use */
 	__u8 netns_set;                /* only namespaces whose inode is a key of map netns_set */
 	__u8 track;                    /* follow a matched packet when it stops matching */
-	__u8 pad[1];
+	__u8 trace_set;                /* only packets to or from an address of map trace_addrs
+					  (the agent's traces, a bit each), tagged with theirs */
 	__u16 cbpf_len_l2;             /* tcpdump expression: instructions of the Ethernet view */
 	__u16 cbpf_len_l3;             /* and of the raw-IP view; 0: no expression */
 };

@@ -12,7 +12,7 @@
  * The parts live in headers, each standing alone on common.h (includes, config, ring buffer,
  * counters, memory access): filter.h (which packets are wanted), expression.h (tcpdump
  * expressions), track.h (one packet across its hops), conns.h (a connection through NAT),
- * routes.h (--routes), dropwatch.h (drops counted, not traced). event.h is the
+ * traces.h (the agent's traces in one program set), routes.h (--routes), dropwatch.h (drops counted, not traced). event.h is the
  * layout shared with the Python side.
  */
 #include "common.h"
@@ -20,6 +20,7 @@
 #include "expression.h"
 #include "track.h"
 #include "conns.h"
+#include "traces.h"
 #include "routes.h"
 #include "dropwatch.h"
 
@@ -31,6 +32,7 @@ struct pktpath_flow *unused_flow __attribute__((unused));
 struct pktpath_drop_key *unused_drop_key __attribute__((unused));
 struct pktpath_drop_slot *unused_drop_slot __attribute__((unused));
 struct pktpath_conn *unused_conn __attribute__((unused));
+struct pktpath_addr_bloom *unused_addr_bloom __attribute__((unused));
 enum pktpath_ct_nat unused_ct_nat __attribute__((unused));
 struct pktpath_expr_scratch *unused_scratch __attribute__((unused));
 enum pktpath_hook unused_hook __attribute__((unused));
@@ -62,7 +64,8 @@ static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h,
 
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
-				 __u32 reason, __u64 packet, bool fresh, struct ct_note *ct)
+				 __u32 reason, __u64 packet, bool fresh, struct ct_note *ct,
+				 __u64 traces)
 {
 	unsigned char *first = h->l2 ? h->l2 : h->l3;
 	unsigned char *head = READ(btf, skb, head);
@@ -80,6 +83,7 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	e->skb = (__u64)skb;
 	e->packet = packet;
 	e->conn = ct->conn;
+	e->traces = traces;
 	e->ct_mark = ct->mark;
 	e->ct_zone = ct->zone;
 	e->ct_state = ct->state;
@@ -144,7 +148,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	struct ct_note ct = {};
 	unsigned char *data;
 	__u16 type = 0;
-	__u64 packet = 0;
+	__u64 packet = 0, traces = 0;
 	bool fresh = false;
 
 	if (!dev) {
@@ -197,11 +201,16 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	skip_vlan_tags(&h, btf);
 
 	if (cfg.track) {
-		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, btf);
-		if (!packet)
-			ct.conn = conn_of(&h, btf); /* a packet of a tracked connection */
+		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, &traces, btf);
+		if (!packet) /* a packet of a tracked connection */
+			ct.conn = conn_of(&h, &traces, btf);
 	}
 	if (!packet) {
+		if (!ct.conn && cfg.trace_set) {
+			traces = packet_traces(&h, btf);
+			if (!traces)
+				return 0;
+		}
 		if (!ct.conn && (cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) &&
 		    !packet_wanted(&h, btf))
 			return 0;
@@ -214,15 +223,15 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	if (cfg.track) {
 		__u64 conn = ct.conn;
 
-		ct_note(skb, &ct, btf);
+		ct_note(skb, &ct, traces, btf);
 		/* a new packet, or one that joined a connection here: its next hops know */
 		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
 			track_packet(skb, head_of(skb, btf), packet,
-				     fingerprint_at(h.l3, h.ethertype, btf), ct.conn);
+				     fingerprint_at(h.l3, h.ethertype, btf), ct.conn, traces);
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, fresh, &ct);
+	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, fresh, &ct, traces);
 	return 0;
 }
 

@@ -19,6 +19,7 @@ struct tracked_packet {
 	__u64 last_ns;
 	__u64 fingerprint; /* of its IP header; NAT keeps it, another packet does not */
 	__u64 conn;        /* its tracked connection (conns.h), 0 for none */
+	__u64 traces;      /* the agent's traces it is for (traces.h) */
 };
 
 struct {
@@ -70,10 +71,10 @@ static __always_inline __u64 inner_fingerprint(struct headers *h, bool btf)
 }
 
 static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
-					 __u64 fingerprint, __u64 conn)
+					 __u64 fingerprint, __u64 conn, __u64 traces)
 {
 	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
-				    .fingerprint = fingerprint, .conn = conn };
+				    .fingerprint = fingerprint, .conn = conn, .traces = traces };
 	__u64 key = (__u64)skb;
 
 	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
@@ -83,11 +84,11 @@ static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 
 }
 
 /* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not (and
- * its connection in *conn). An entry counts only while it is fresh and the packet's IP header
+ * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and the packet's IP header
  * (or the one inside its VXLAN encapsulation) still has the tracked fingerprint. A free ends
  * the tracking of its skb. */
 static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
-				       struct headers *h, __u64 *conn, bool btf)
+				       struct headers *h, __u64 *conn, __u64 *traces, bool btf)
 {
 	__u64 key = (__u64)skb, now, packet, fingerprint;
 	struct tracked_packet *t;
@@ -108,11 +109,13 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 		return 0;
 	packet = t->packet;
 	*conn = t->conn;
+	*traces = t->traces;
 	if (hook == PKTPATH_HOOK_KFREE_SKB) {
 		bpf_map_delete_elem(&tracked, &key);
 		bpf_map_delete_elem(&tracked, &head);
 	} else {
-		track_packet(skb, head, packet, fingerprint, *conn); /* a clone may join; refresh */
+		/* a clone may join; refresh */
+		track_packet(skb, head, packet, fingerprint, *conn, *traces);
 	}
 	return packet;
 }

@@ -26,6 +26,7 @@ def btf_types() -> dict[str, dict[str, Any]]:
     ("pktpath_config", event.CONFIG_FIELDS, event.CONFIG_STRUCT),
     ("pktpath_flow", event.FLOW_FIELDS, event.FLOW_STRUCT),
     ("pktpath_conn", event.CONN_FIELDS, event.CONN_STRUCT),
+    ("pktpath_addr_bloom", event.ADDR_BLOOM_FIELDS, event.ADDR_BLOOM_STRUCT),
     ("pktpath_drop_key", event.DROP_KEY_FIELDS, event.DROP_KEY_STRUCT),
     ("pktpath_drop_slot", event.DROP_SLOT_FIELDS, event.DROP_SLOT_STRUCT),
     ("pktpath_expr_scratch", event.EXPR_SCRATCH_FIELDS, event.EXPR_SCRATCH_STRUCT),
@@ -38,6 +39,7 @@ def test_struct_mirror_matches_btf(btf_types: dict[str, dict[str, Any]], name: s
     members = [(m["name"], m["bits_offset"] // 8) for m in btf["members"]]
     offsets = {"pktpath_event": event.EVENT_OFFSETS, "pktpath_config": event.CONFIG_OFFSETS,
                "pktpath_flow": event.FLOW_OFFSETS, "pktpath_conn": event.CONN_OFFSETS,
+               "pktpath_addr_bloom": event.ADDR_BLOOM_OFFSETS,
                "pktpath_drop_key": event.DROP_KEY_OFFSETS,
                "pktpath_drop_slot": event.DROP_SLOT_OFFSETS,
                "pktpath_expr_scratch": event.EXPR_SCRATCH_OFFSETS}[name]

@@ -99,6 +99,7 @@ EVENT_FIELDS = [
     ("skb", "Q"),
     ("packet", "Q"),
     ("conn", "Q"),
+    ("traces", "Q"),
     ("location", "Q"),
     ("stack", f"{STACK_DEPTH}Q"),
     ("netns", "I"),
@@ -141,8 +142,24 @@ FLOW_STRUCT, FLOW_OFFSETS = _layout(FLOW_FIELDS)
 CONN_FIELDS = [
     ("conn", "Q"),
     ("last_ns", "Q"),
+    ("traces", "Q"),
 ]
 CONN_STRUCT, CONN_OFFSETS = _layout(CONN_FIELDS)
+
+# struct pktpath_addr_bloom (map trace_bloom): a bit per hash of each of the agent's traces'
+# addresses, PKTPATH_ADDR_HASH of the XOR of the address's four 32-bit words (host order)
+ADDR_BLOOM_WORDS = 256
+ADDR_BLOOM_FIELDS = [("bits", f"{ADDR_BLOOM_WORDS}Q")]
+ADDR_BLOOM_STRUCT, ADDR_BLOOM_OFFSETS = _layout(ADDR_BLOOM_FIELDS)
+_WORDS = struct.Struct("=4I")
+
+
+def addr_hash(address16: bytes) -> int:
+    """The trace_bloom bit of a 16-byte address (PKTPATH_ADDR_HASH in bpf/event.h)."""
+    a, b, c, d = _WORDS.unpack(address16)
+    folded: int = a ^ b ^ c ^ d
+    return ((folded * 0x9E3779B1) & 0xFFFFFFFF) >> 18
+
 
 # struct pktpath_drop_key: the drop watch's map key
 DROP_KEY_FIELDS = [
@@ -180,7 +197,7 @@ CONFIG_FIELDS = [
     ("n_host6", "B"),
     ("netns_set", "B"),
     ("track", "B"),
-    ("pad", "1s"),
+    ("trace_set", "B"),
     ("cbpf_len_l2", "H"),
     ("cbpf_len_l3", "H"),
 ]
@@ -212,6 +229,7 @@ class RawEvent:
     packet: int = 0  # the same on every hop of one packet (0: not known)
     first: bool = False  # the packet's first hop seen: its id may have been a freed packet's
     conn: int = 0  # the same on every packet of one connection tracked through NAT (0: none)
+    traces: int = 0  # with the filter's trace_set: a bit per trace of the agent it is for
     ct_state: str | None = None  # the packet's conntrack entry here: CT_STATES, None: none
     ct_zone: int = 0
     ct_mark: int = 0
@@ -228,7 +246,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
     if len(record) < DATA_OFFSET:
         raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
-    (time_ns, skb, packet, conn, location, *rest) = _HEADER.unpack_from(record)
+    (time_ns, skb, packet, conn, traces, location, *rest) = _HEADER.unpack_from(record)
     stack, rest = rest[:STACK_DEPTH], rest[STACK_DEPTH:]
     (netns, ifindex, length, cpu, reason, ct_mark, cap_len, protocol, vlan_tci, vlan_proto,
      ct_zone, hook, flags, ct_state, ct_nat, _pad, nexthop, ifname) = rest
@@ -256,6 +274,7 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         nexthop=nexthop,
         first=bool(flags & _FIRST),
         conn=conn,
+        traces=traces,
         ct_state=_CT_STATE.get(ct_state),
         ct_zone=ct_zone,
         ct_mark=ct_mark,

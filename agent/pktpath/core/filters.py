@@ -61,6 +61,7 @@ class TraceFilter:
     netns_set: bool = False  # only the namespaces put in the probes' netns set
     expression: Compiled | None = None  # a tcpdump expression, compiled
     track: bool = True  # follow a matched packet through NAT, tunnels and clones
+    trace_set: bool = False  # only packets of the agent's traces' addresses (map trace_addrs)
 
     def __post_init__(self) -> None:
         v4 = [h for h in self.hosts if h.version == 4]
@@ -98,7 +99,7 @@ class TraceFilter:
             len(v6),
             self.netns_set,
             self.track,
-            b"",
+            self.trace_set,
             len(self.expression.ethernet) if self.expression else 0,
             len(self.expression.raw) if self.expression else 0,
         )

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import CONFIG_STRUCT, DROP_KEY_STRUCT, DROP_SLOT_STRUCT, Counter, Hook
+from pktpath.core.event import (
+    ADDR_BLOOM_STRUCT,
+    ADDR_BLOOM_WORDS,
+    CONFIG_STRUCT,
+    DROP_KEY_STRUCT,
+    DROP_SLOT_STRUCT,
+    Counter,
+    Hook,
+    addr_hash,
+)
 from pktpath.core.hooks import DEFAULT_HOOKS, choose_program
 from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
@@ -46,6 +55,8 @@ class Maps:
     events: int  # the ring buffer
     counters: int  # per-CPU counters (enum pktpath_counter)
     netns_set: int  # namespaces to trace, when the filter has netns_set
+    trace_addrs: int  # the agent's traces' addresses and their bits, with trace_set
+    trace_bloom: int  # a bit per hash of those addresses
     drop_counts: int  # the drop watch's per-CPU counts (struct pktpath_drop_key)
     drop_last: int  # per CPU, its last drop place and the drops there not yet in drop_counts
 
@@ -121,6 +132,7 @@ class Probes:
         self._links: list[int] = []
         self._rings: list[tuple[int, object]] = []
         self._netns: set[int] = set()
+        self._trace_addrs: dict[bytes, int] = {}
         # hooks to treat as refused by the kernel: how a test (or a user) sees what pktpath
         # does on a kernel without them
         self._refused = set(filter(None, os.environ.get(REFUSE_ENV, "").split(",")))
@@ -324,6 +336,30 @@ class Probes:
             ret = lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(one), 0)
             self._bpf.check_int(ret, "updating the netns set")
         self._netns = wanted
+
+    def set_trace_addresses(self, traces: Mapping[bytes, int]) -> None:
+        """Make trace_addrs exactly traces: a 16-byte address (IPv4 mapped into IPv6) ->
+        the bits of the traces it is an end of (used when the filter has trace_set)."""
+        lib = self._bpf.lib
+        fd = self.maps.trace_addrs
+        for addr in set(self._trace_addrs) - set(traces):
+            key = ctypes.create_string_buffer(addr, 16)
+            lib.bpf_map_delete_elem(fd, key)
+        for addr, bits in traces.items():
+            if self._trace_addrs.get(addr) == bits:
+                continue
+            key, value = ctypes.create_string_buffer(addr, 16), ctypes.c_uint64(bits)
+            ret = lib.bpf_map_update_elem(fd, key, ctypes.byref(value), 0)
+            self._bpf.check_int(ret, "updating the traces' addresses")
+        self._trace_addrs = dict(traces)
+        words = [0] * ADDR_BLOOM_WORDS
+        for addr in traces:  # set after the addresses are in: no packet of them is missed
+            bit = addr_hash(addr)
+            words[bit // 64] |= 1 << (bit % 64)
+        zero, bloom = ctypes.c_uint32(0), ctypes.create_string_buffer(
+            ADDR_BLOOM_STRUCT.pack(*words), ADDR_BLOOM_STRUCT.size)
+        ret = lib.bpf_map_update_elem(self.maps.trace_bloom, ctypes.byref(zero), bloom, 0)
+        self._bpf.check_int(ret, "updating the traces' address bits")
 
     # -- teardown ------------------------------------------------------------------------
 

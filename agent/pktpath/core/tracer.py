@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -180,6 +181,14 @@ class Tracer:
     def set_netns(self, inodes: Iterable[int]) -> None:
         """Trace only these namespaces (the filter must have netns_set)."""
         self._probes.set_netns(inodes)
+
+    def set_traces(self, traces: Mapping[str, int]) -> None:
+        """The agent's traces (the filter must have trace_set): each address -> the bits of
+        the traces it is an end of."""
+        self._probes.set_trace_addresses(
+            {ipaddress.ip_address(addr).packed.rjust(16, b"\0") if ":" in addr
+             else b"\0" * 10 + b"\xff\xff" + ipaddress.ip_address(addr).packed: bits
+             for addr, bits in traces.items()})
 
     def lost(self) -> int:
         """Wanted packets the kernel could not deliver because the ring buffer was full."""

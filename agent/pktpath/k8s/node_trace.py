@@ -26,6 +26,7 @@ from pktpath.core.symbols import Symbols
 from pktpath.core.tracer import Hop, Tracer
 from pktpath.host.probing import Prober, probe_identity
 from pktpath.k8s.kube import MERGE_MANAGER, Conflict, Kube, now_rfc3339
+from pktpath.k8s.node_tracer import NodeTracer, Subscription
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import TraceSpec
 from pktpath.k8s.status import Ends, merge, node_part, parse_time
@@ -70,6 +71,9 @@ class AgentContext:
     # maps and a ring buffer: the pod's memory limit bounds how many fit)
     slots: threading.Semaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(DEFAULT_MAX_TRACES))
+    # the node's one program set, shared by the traces without a tcpdump expression (None:
+    # every trace loads its own)
+    node_tracer: NodeTracer | None = None
 
 
 def manager(node: str) -> str:
@@ -126,6 +130,7 @@ class TraceSession(threading.Thread):
         self._drop_reported = False
         self._rewrites = Rewrites()
         self._pods_by_ip: dict[str, str] = {}  # a translated destination's pod, asked once
+        self._shared = False  # on the node's program set: protocol and port checked here
         self.prober: Prober | None = None
 
     # -- called from the operator's threads ----------------------------------------------
@@ -180,6 +185,17 @@ class TraceSession(threading.Thread):
         status = self._body.get("status") or {}
         deadline = (parse_time(status.get("startTime")) or time.time()) + self.spec.timeout
         self._refresh_namespaces()
+        shared = None
+        if ctx.node_tracer is not None and not self.spec.filter:
+            shared = ctx.node_tracer.subscribe({self.ends.source_ip, *self.ends.destinations})
+        if shared is not None:
+            self._shared = True
+            try:
+                self._trace(shared, deadline, shared.report.attached[0].hook_type or "")
+            finally:
+                ctx.metrics.add("events_lost", shared.lost())
+                shared.close()
+            return
         tracer = Tracer(self._filter(), hook_type=ctx.hook_type, ring_bytes=SESSION_RING_BYTES,
                         symbols=ctx.symbols, reasons=ctx.reasons,
                         map_entries=SESSION_MAP_ENTRIES)
@@ -197,7 +213,7 @@ class TraceSession(threading.Thread):
         finally:
             tracer.close()
 
-    def _trace(self, tracer: Tracer, deadline: float, hook_type: str) -> None:
+    def _trace(self, tracer: Tracer | Subscription, deadline: float, hook_type: str) -> None:
         ctx = self.ctx
         if self._write_part("Running", hook_type=hook_type) is None:
             return  # deleted meanwhile
@@ -245,7 +261,8 @@ class TraceSession(threading.Thread):
             return
         self._publish("Done", hook_type, tracer, retry_for=FINAL_RETRY_SECONDS)
 
-    def _publish(self, phase: str, hook_type: str, tracer: Tracer, retry_for: float) -> bool:
+    def _publish(self, phase: str, hook_type: str, tracer: Tracer | Subscription,
+                 retry_for: float) -> bool:
         """Write this node's part and the merged view; while the API server cannot be reached,
         retry (with back-off) for up to retry_for seconds. True when written."""
         give_up = time.monotonic() + retry_for
@@ -336,6 +353,15 @@ class TraceSession(threading.Thread):
                                 "Warning")
         return True
 
+    def _wanted(self, hop: Hop) -> bool:
+        """The trace's protocol and port (what its own programs would test in the kernel); a
+        packet of a connection followed through NAT keeps its place whatever its ports."""
+        p, spec = hop.packet, self.spec
+        proto = {"icmp": (1, 58), "tcp": (6,), "udp": (17,)}[spec.protocol]
+        if p.ip_proto not in proto:
+            return False
+        return not spec.port or spec.port in (p.sport, p.dport) or bool(hop.event.conn)
+
     def _pod_name(self, ip: str) -> str:
         """The pod with ip (namespace/name), else the ip: a Service's chosen endpoint."""
         if ip not in self._pods_by_ip:
@@ -354,6 +380,8 @@ class TraceSession(threading.Thread):
         an endpoint's address: either one counts, as does any packet of the connection the
         kernel follows through the translation."""
         p = hop.packet
+        if self._shared and not self._wanted(hop):
+            return None
         ours = self.ends.destinations
         if p.src == self.ends.source_ip and (p.dst in ours or hop.event.conn):
             direction = "request"
@@ -381,7 +409,7 @@ class TraceSession(threading.Thread):
         return self.ctx.namespaces.inodes() != before
 
     def _write_part(self, phase: str, *, message: str = "", hook_type: str = "",
-                    tracer: Tracer | None = None) -> dict[str, Any] | None:
+                    tracer: Tracer | Subscription | None = None) -> dict[str, Any] | None:
         seen = lost = 0
         if tracer is not None:
             counters = tracer.counters()

@@ -31,6 +31,7 @@ from pktpath.k8s.node_trace import (
     manager,
     write_merged,
 )
+from pktpath.k8s.node_tracer import NodeTracer
 from pktpath.k8s.podmap import NodeNamespaces
 from pktpath.k8s.spec import Endpoint, SpecError, TraceSpec, parse_spec
 from pktpath.k8s.status import STALE_AFTER, Ends, node_part, parse_time
@@ -228,6 +229,8 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
     ctx = AgentContext(kube, node, NodeNamespaces(node, host_netns), metrics, hook_type,
                        Symbols(), drop_reasons(Libbpf()),
                        slots=threading.BoundedSemaphore(max_traces))
+    ctx.node_tracer = NodeTracer(ctx.namespaces, metrics, hook_type, ctx.symbols, ctx.reasons,
+                                 ctx.load_lock)
     agent = Agent(ctx)
     watch = None
     if drops is not None:  # the drop watch: on unless the chart turns it off
@@ -280,5 +283,6 @@ def run(node: str, host_netns: str, listen: str, hook_type: str = "auto",
         if watch is not None:
             watch.stop()
         agent.stop_all()
+        ctx.node_tracer.close()
         server.shutdown()
     return 0
