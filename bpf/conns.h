@@ -99,12 +99,7 @@ static __always_inline bool flow_at(struct pktpath_flow *f, unsigned char *l3, _
 		return flow_l4(f, l3 + (ip.ver_ihl & 0xF) * 4, btf);
 	}
 	if (ethertype == ETH_P_IPV6) {
-		struct {
-			__u32 ver_tc_flow;
-			__u16 payload_len;
-			__u8 nexthdr, hop_limit;
-			__u8 saddr[16], daddr[16];
-		} ip6;
+		struct ipv6_header ip6;
 
 		if (PKT_COPY(btf, &ip6, l3))
 			return false;

@@ -67,6 +67,14 @@ struct ipv4_header {
 	__u32 saddr, daddr;
 };
 
+/* The fixed IPv6 header (extension headers follow it). */
+struct ipv6_header {
+	__u32 ver_tc_flow;
+	__u16 payload_len;
+	__u8 nexthdr, hop_limit;
+	__u32 saddr[4], daddr[4];
+};
+
 static __always_inline bool ipv4_match(struct ipv4_header *ip, unsigned char *l3, bool btf)
 {
 	if (cfg.n_host6 && !cfg.n_host4)

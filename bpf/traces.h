@@ -63,12 +63,7 @@ static __always_inline __u64 ip_traces(unsigned char *l3, __u16 ethertype, bool 
 		return traces | addr_traces(key, bloom);
 	}
 	if (ethertype == ETH_P_IPV6) {
-		struct {
-			__u32 ver_tc_flow;
-			__u16 payload_len;
-			__u8 nexthdr, hop_limit;
-			__u32 saddr[4], daddr[4];
-		} ip6;
+		struct ipv6_header ip6;
 
 		if (PKT_COPY(btf, &ip6, l3))
 			return 0;

@@ -190,10 +190,9 @@ class TraceSession(threading.Thread):
             shared = ctx.node_tracer.subscribe({self.ends.source_ip, *self.ends.destinations})
         if shared is not None:
             self._shared = True
-            try:
+            try:  # the node tracer counts its losses in the metrics, once
                 self._trace(shared, deadline, shared.report.attached[0].hook_type or "")
             finally:
-                ctx.metrics.add("events_lost", shared.lost())
                 shared.close()
             return
         tracer = Tracer(self._filter(), hook_type=ctx.hook_type, ring_bytes=SESSION_RING_BYTES,
