@@ -130,7 +130,9 @@ class TraceSession(threading.Thread):
         self._drop_reported = False
         self._rewrites = Rewrites()
         self._pods_by_ip: dict[str, str] = {}  # a translated destination's pod, asked once
-        self._shared = False  # on the node's program set: protocol and port checked here
+        # on the node's program set, the filter its own programs would have had: its protocol
+        # and port are checked here
+        self._wants: TraceFilter | None = None
         self.prober: Prober | None = None
 
     # -- called from the operator's threads ----------------------------------------------
@@ -189,7 +191,7 @@ class TraceSession(threading.Thread):
         if ctx.node_tracer is not None and not self.spec.filter:
             shared = ctx.node_tracer.subscribe({self.ends.source_ip, *self.ends.destinations})
         if shared is not None:
-            self._shared = True
+            self._wants = self._filter()  # what its own programs would have tested
             try:  # the node tracer counts its losses in the metrics, once
                 self._trace(shared, deadline, shared.report.attached[0].hook_type or "")
             finally:
@@ -355,11 +357,10 @@ class TraceSession(threading.Thread):
     def _wanted(self, hop: Hop) -> bool:
         """The trace's protocol and port (what its own programs would test in the kernel); a
         packet of a connection followed through NAT keeps its place whatever its ports."""
-        p, spec = hop.packet, self.spec
-        proto = {"icmp": (1, 58), "tcp": (6,), "udp": (17,)}[spec.protocol]
-        if p.ip_proto not in proto:
+        p, wants = hop.packet, self._wants
+        if wants is None or p.ip_proto != wants.proto:
             return False
-        return not spec.port or spec.port in (p.sport, p.dport) or bool(hop.event.conn)
+        return not wants.port or wants.port in (p.sport, p.dport) or bool(hop.event.conn)
 
     def _pod_name(self, ip: str) -> str:
         """The pod with ip (namespace/name), else the ip: a Service's chosen endpoint."""
@@ -379,7 +380,7 @@ class TraceSession(threading.Thread):
         an endpoint's address: either one counts, as does any packet of the connection the
         kernel follows through the translation."""
         p = hop.packet
-        if self._shared and not self._wanted(hop):
+        if self._wants is not None and not self._wanted(hop):
             return None
         ours = self.ends.destinations
         if p.src == self.ends.source_ip and (p.dst in ours or hop.event.conn):

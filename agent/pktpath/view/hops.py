@@ -54,7 +54,7 @@ def describe(p: Packet, addresses: Mapping[str, str] | None = None) -> str:
 
 
 def _endpoint(addr: str | None, port: int) -> str:
-    return f"[{addr}]:{port}" if addr and ":" in addr and " " not in addr else f"{addr}:{port}"
+    return f"[{addr}]:{port}" if addr and ":" in addr else f"{addr}:{port}"
 
 
 @dataclass(frozen=True)
