@@ -192,7 +192,7 @@ class AgentProcess:
     proc: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()  # more `pktpath agent` flags
 
-    def start(self, timeout: float = 30 * SLOWDOWN) -> AgentProcess:
+    def start(self, timeout: float = 60 * SLOWDOWN) -> AgentProcess:
         self.port = free_port()
         env = dict(os.environ, KUBECONFIG=self.kubeconfig)
         log = open(self.logfile, "ab")  # noqa: SIM115

@@ -20,10 +20,12 @@ uname -r > "$out/kernel"
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
   [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
-  # an emulated kernel is slow and its timing uneven: a failure is tried once more
-  if CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
+  # an emulated kernel is slow and its timing uneven: a test may take several times its
+  # usual 300 s (the agent's, with its API server, 200-360 s under TCG), and a failure is
+  # tried once more
+  if CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$test" \
        > "$out/$name.log" 2>&1 ||
-     CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x "$test" \
+     CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$test" \
        >> "$out/$name.log" 2>&1; then
     echo "$name passed" >> "$out/results"
   else
