@@ -17,16 +17,15 @@ for m in veth bridge br_netfilter vxlan nf_tables nft_chain_nat nft_compat xt_co
          nf_nat iptable_nat iptable_filter ip6_tables; do modprobe -q "$m" 2>/dev/null; done
 uname -r > "$out/kernel"
 : > "$out/results"
+# an emulated kernel is slow and its timing uneven: a test may take several times its usual
+# 300 s (the agent's, with its API server, 200-490 s under TCG), and a failure is tried once more
+run_feature() {
+  CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$1"
+}
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
   [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
-  # an emulated kernel is slow and its timing uneven: a test may take several times its
-  # usual 300 s (the agent's, with its API server, 200-360 s under TCG), and a failure is
-  # tried once more
-  if CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$test" \
-       > "$out/$name.log" 2>&1 ||
-     CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$test" \
-       >> "$out/$name.log" 2>&1; then
+  if run_feature "$test" > "$out/$name.log" 2>&1 || run_feature "$test" >> "$out/$name.log" 2>&1; then
     echo "$name passed" >> "$out/results"
   else
     echo "$name failed" >> "$out/results"
