@@ -219,6 +219,20 @@ static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __
 	return true;
 }
 
+/* Track the connection of a conntrack entry that translates. A global function: the verifier
+ * checks it once, not once for every way a packet can reach it. */
+__noinline int conn_track(__u64 entry, __u64 conn, __u64 traces)
+{
+	struct nf_conn *ct = (struct nf_conn *)entry;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (conn_add(ct, 0, conn, traces, now))
+		conn_add(ct, 1, conn, traces, now);
+	if (!conns_started)
+		conns_started = 1;
+	return 0;
+}
+
 /* What conntrack says of this hop; an entry that translates makes its connection tracked,
  * under the packet's connection id if it has one, else a new one (the entry's address). */
 static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, __u64 traces,
@@ -226,7 +240,6 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, _
 {
 	struct nf_conn *ct;
 	unsigned long nfct, status;
-	__u64 now;
 
 	if (!bpf_core_field_exists(skb->_nfct))
 		return;
@@ -246,11 +259,7 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, _
 		return;
 	if (!note->conn)
 		note->conn = (__u64)ct;
-	now = bpf_ktime_get_ns();
-	if (conn_add(ct, 0, note->conn, traces, now))
-		conn_add(ct, 1, note->conn, traces, now);
-	if (!conns_started)
-		conns_started = 1;
+	conn_track((__u64)ct, note->conn, traces);
 }
 
 #endif /* PKTPATH_CONNS_H */

@@ -217,7 +217,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 		if (!ct.conn && (cfg.cbpf_len_l2 || cfg.cbpf_len_l3) &&
 		    !expression_wanted(skb, &h, btf))
 			return 0;
-		packet = (__u64)skb;
+		/* the skb's address as a number: kept as a pointer, it would make every state
+		 * after this one differ from a tracked packet's and the verifier walk both */
+		bpf_probe_read_kernel(&packet, sizeof(packet), &skb);
 		fresh = true;
 	}
 	if (cfg.track) {

@@ -63,3 +63,17 @@ def test_tracepoint_arguments_read_from_this_kernels_btf() -> None:
     assert args["fib_table_lookup"] == 4
     assert args["kfree_skb"] is not None and args["kfree_skb"] >= 3  # 6.18: with a reason
     assert args["no_such_tracepoint"] is None
+
+
+def test_drop_reasons_are_the_kernels_enum_read_when_first_asked() -> None:
+    from conftest import need
+    from pktpath.core.libbpf import Libbpf
+    from pktpath.core.symbols import DropReasons, drop_reasons
+
+    need(os.path.exists("/sys/kernel/btf/vmlinux"), "the kernel has no BTF")
+    libbpf = Libbpf()
+    reasons = DropReasons(libbpf)
+    assert reasons._names is None  # a trace that meets no drop never reads them
+    by_name = {name: value for value, name in reasons.items()}
+    assert by_name["NO_SOCKET"] == by_name["NOT_SPECIFIED"] + 1  # the enum, prefix removed
+    assert "NETFILTER_DROP" in by_name and reasons == drop_reasons(libbpf)

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from pktpath import __version__
 from pktpath.cli.drops import add_arguments as add_drops_arguments
@@ -24,10 +24,11 @@ from pktpath.core.loader import DEFAULT_RING_BYTES
 from pktpath.core.tracer import Hop, Tracer
 from pktpath.host import netns
 from pktpath.host.names import NetnsNames
-from pktpath.host.nftrace import NfTrace
 from pktpath.host.privileges import require_btf, require_network_admin, require_tracing
-from pktpath.view.diagram import FirstPath, draw
-from pktpath.view.pcapng import PcapngWriter, open_private
+
+if TYPE_CHECKING:  # imported where their flags are given: every start does not pay for them
+    from pktpath.host.nftrace import NfTrace
+    from pktpath.view.diagram import FirstPath
 
 TRACE_EXAMPLES = """\
 examples:
@@ -261,20 +262,30 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         require_network_admin("--nf-trace")
     stop = threading.Event()
     hooks = select_hooks({flag for flag in FLAGS if getattr(args, flag[2:].replace("-", "_"))})
-    nf: NfTrace | None = NfTrace(trace_filter, [ns] if ns else None) if args.nf_trace else None
+    nf: NfTrace | None = None
+    if args.nf_trace:
+        from pktpath.host.nftrace import NfTrace
+
+        nf = NfTrace(trace_filter, [ns] if ns else None)
     names = NetnsNames()
     addresses = None
     if args.kubeconfig:
         from pktpath.k8s.services import service_names
 
         addresses = service_names(args.kubeconfig)
-    pcap = open_private(args.write) if args.write else None
     sinks: list[Callable[[Hop], None]] = []
-    path = FirstPath(names) if args.diagram else None
-    if path is not None:
+    path: FirstPath | None = None
+    if args.diagram:
+        from pktpath.view.diagram import FirstPath
+
+        path = FirstPath(names)
         sinks.append(path)
-    writer = PcapngWriter(pcap, names) if pcap is not None else None
-    if writer is not None:
+    pcap = writer = None
+    if args.write:
+        from pktpath.view.pcapng import PcapngWriter, open_private
+
+        pcap = open_private(args.write)
+        writer = PcapngWriter(pcap, names)
         sinks.append(writer.write)
     with stop_on_signals(stop), pcap or contextlib.nullcontext(), \
             nf or contextlib.nullcontext(), \
@@ -292,6 +303,8 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if writer is not None:
         message(err, f"{writer.packets} packets written to {args.write}")
     if path is not None:
+        from pktpath.view.diagram import draw
+
         out.write("\n" + (draw(path.stops) or "no packet traced: no path to draw\n"))
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from pktpath.core.packet import Packet
@@ -188,7 +189,7 @@ def _address(raw: bytes, packet: Packet) -> str | None:
 class FateJudge:
     """Decides the fate of kfree_skb events from the trace's own evidence."""
 
-    def __init__(self, reasons: dict[int, str], symbols: Symbols | None = None,
+    def __init__(self, reasons: Mapping[int, str], symbols: Symbols | None = None,
                  memory: int = 4096) -> None:
         self._reasons = reasons
         self._symbols = symbols

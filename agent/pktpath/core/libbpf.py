@@ -43,19 +43,33 @@ def _declare(lib: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> 
     func.argtypes = argtypes
 
 
+def _open_library(path: str | None, soname: str, name: str) -> ctypes.CDLL:
+    """path, else the library by its soname, else wherever ctypes finds it (which runs
+    ldconfig: a few ms of every start, so only when the soname is not found)."""
+    if path:
+        return ctypes.CDLL(path, use_errno=True)
+    try:
+        return ctypes.CDLL(soname, use_errno=True)
+    except OSError:
+        found = ctypes.util.find_library(name)
+        if not found:
+            raise
+        return ctypes.CDLL(found, use_errno=True)
+
+
 class Libbpf:
     """The loaded libbpf shared library, with typed functions and a captured log."""
 
     def __init__(self, path: str | None = None) -> None:
-        path = path or os.environ.get("PKTPATH_LIBBPF") or ctypes.util.find_library("bpf")
+        path = path or os.environ.get("PKTPATH_LIBBPF")
         try:
-            self.lib = ctypes.CDLL(path or "libbpf.so.1", use_errno=True)
+            self.lib = _open_library(path, "libbpf.so.1", "bpf")
         except OSError as exc:
             raise PktpathError(
                 f"cannot load libbpf ({exc}): install it (Debian: apt-get install libbpf1)",
                 exit_code=1,
             ) from exc
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._libc = _open_library(None, "libc.so.6", "c")
         self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
                                          _c_void_p]
         self.log_lines: list[str] = []
@@ -104,12 +118,13 @@ class Libbpf:
 
     def _on_print(self, level: int, fmt: bytes, ap: int | None) -> int:
         # a verifier log comes in one call and may be long: the reason is at its end
+        if level > LIBBPF_INFO:
+            return 0  # thousands of debug lines per load: not even formatted
         if self._print_buf is None:
             self._print_buf = ctypes.create_string_buffer(PRINT_BUFFER_BYTES)
         buf = self._print_buf
         self._libc.vsnprintf(buf, len(buf), fmt, ap)
-        if level <= LIBBPF_INFO:
-            self.log_lines.extend(buf.value.decode(errors="replace").splitlines())
+        self.log_lines.extend(buf.value.decode(errors="replace").splitlines())
         return 0
 
     def take_log(self) -> str:

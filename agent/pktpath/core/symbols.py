@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+from collections.abc import Iterator, Mapping
 
 from pktpath.core.libbpf import Libbpf
 
@@ -75,6 +76,29 @@ def drop_reasons(libbpf: Libbpf) -> dict[int, str]:
     """enum skb_drop_reason of the running kernel, names without SKB_DROP_REASON_."""
     return {value: name.removeprefix(DROP_REASON_PREFIX)
             for value, name in enum_values(libbpf, "skb_drop_reason").items()}
+
+
+class DropReasons(Mapping[int, str]):
+    """drop_reasons() read when first asked: a trace that meets no drop never parses the
+    kernel's BTF for them (~10 ms of its start)."""
+
+    def __init__(self, libbpf: Libbpf) -> None:
+        self._libbpf = libbpf
+        self._names: dict[int, str] | None = None
+
+    def _read(self) -> dict[int, str]:
+        if self._names is None:
+            self._names = drop_reasons(self._libbpf)
+        return self._names
+
+    def __getitem__(self, value: int) -> str:
+        return self._read()[value]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 class Symbols:

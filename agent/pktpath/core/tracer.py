@@ -21,7 +21,7 @@ from pktpath.core.hooks import DEFAULT_HOOKS
 from pktpath.core.latency import SinceFirst
 from pktpath.core.loader import DEFAULT_RING_BYTES, LoadReport, Probes
 from pktpath.core.packet import Packet, decode, from_flow
-from pktpath.core.symbols import Symbols, drop_reasons
+from pktpath.core.symbols import DropReasons, Symbols
 
 MAX_BATCH = 8192  # records taken from the ring buffer per poll
 DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
@@ -89,7 +89,7 @@ class Tracer:
         hook_type: str = "auto",
         ring_bytes: int = DEFAULT_RING_BYTES,
         symbols: Symbols | None = None,
-        reasons: dict[int, str] | None = None,
+        reasons: Mapping[int, str] | None = None,
         map_entries: Mapping[str, int] | None = None,
     ) -> None:
         self.filter = trace_filter
@@ -116,7 +116,7 @@ class Tracer:
             self._rb = self._probes.ring_buffer(self._on_record)
             reasons = self._reasons
             if reasons is None:
-                reasons = drop_reasons(self._probes.libbpf)
+                reasons = DropReasons(self._probes.libbpf)
             self._judge = FateJudge(reasons, self._symbols)
         except BaseException:
             self._probes.close()

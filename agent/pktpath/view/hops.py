@@ -179,6 +179,11 @@ def status_object(hop: Hop, netns_name: str) -> dict[str, Any]:
     return {STATUS_KEYS[key]: value for key, value in obj.items() if key in STATUS_KEYS}
 
 
+# "SNAT+DNAT" and the like, once: iterating the flags for every hop costs more than the rest
+CT_NAT_TEXT = {nat: "+".join(f.name or "" for f in CtNat if f in nat) or None
+               for nat in (CtNat(i) for i in range(4))}
+
+
 def json_object(hop: Hop, rewrite: Rewrite | None = None,
                 netns_name: str | None = None, conn: int | None = None,
                 addresses: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -227,7 +232,7 @@ def json_object(hop: Hop, rewrite: Rewrite | None = None,
         "ct_state": e.ct_state,
         "ct_zone": e.ct_zone if e.ct_state else None,
         "ct_mark": e.ct_mark if e.ct_state else None,
-        "ct_nat": "+".join(f.name or "" for f in CtNat if f in e.ct_nat) or None,
+        "ct_nat": CT_NAT_TEXT[e.ct_nat],
         "tunnel": ({"type": p.tunnel.type, "vni": p.tunnel.vni, "src": p.tunnel.src,
                     "dst": p.tunnel.dst} if p.tunnel else None),
     }
