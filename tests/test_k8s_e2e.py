@@ -122,10 +122,12 @@ def test_pod_to_pod_across_two_nodes_over_vxlan(cluster: Any, agents: Any, lab: 
     cluster.pod(ns, "web-0", "node-a", web)
     cluster.pod(ns, "db-1", "node-b", db)
     agents("node-a", a.ns.path)
-    agents("node-b", b.ns.path)
-
+    # the destination's agent starts after the trace runs on the source's: the probes wait
+    # for it (else they cross node-b before it traces and its hops are missing)
     cluster.apply(packet_trace("web-to-db", ns, {"pod": "web-0"}, {"pod": "db-1"},
                                probe={"count": 2, "interval": "200ms"}, timeout="20s"))
+    time.sleep(1)
+    agents("node-b", b.ns.path)
     body = wait_phase(cluster, ns, "web-to-db", ("Succeeded", "Failed"))
 
     status = body["status"]

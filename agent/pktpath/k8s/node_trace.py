@@ -37,6 +37,7 @@ log = logging.getLogger("pktpath.agent")
 WRITE_EVERY = 0.5  # seconds between status writes while hops come in
 REPLY_WAIT = 1.0  # seconds to wait for the last probe's reply
 GRACE = 1.0  # seconds a non-probing node keeps tracing after the probes are done
+PEER_WAIT = 10.0  # seconds the first probe waits for the destination pod's node to trace
 REFRESH_EVERY = 2.0  # seconds between looks for new pods on this node
 SESSION_RING_BYTES = 1 << 20  # a trace's filter is narrow: 1 MiB holds ~2700 events
 # a trace follows few flows, and a node has at most a few hundred namespaces: smaller maps
@@ -312,8 +313,28 @@ class TraceSession(threading.Thread):
         thread.start()
         return thread
 
+    def _destination_tracing(self) -> bool:
+        """Whether the destination pod's node, when it is another, has reported (tracing, or
+        failed): a probe sent before it traces would cross it unseen."""
+        node = self.ends.destination_node
+        if node is None or node == self.ctx.node:
+            return True
+        with self._body_lock:
+            parts = (self._body.get("status") or {}).get("nodes") or []
+        return any(p.get("node") == node for p in parts)
+
     def _probe(self, deadline: float) -> None:
         assert self.prober is not None
+        wait = min(PEER_WAIT, (deadline - time.time()) / 2)
+        give_up = time.monotonic() + wait
+        while not self._destination_tracing():
+            if time.monotonic() >= give_up:
+                log.warning("trace %s/%s: node %s has not started tracing in %.0f s; probing "
+                            "anyway", self.namespace, self.trace_name,
+                            self.ends.destination_node, wait)
+                break
+            if self.stop_flag.wait(0.1):
+                return
         while self.probes_sent < self.spec.probe_count and not self.stop_flag.is_set():
             if time.time() >= deadline:
                 break
