@@ -88,6 +88,9 @@ def capture(spaces: list[Ns], result: list[Seen]) -> Iterator[None]:
             while not lines or "Capturing on" not in lines[-1]:
                 lines.append(proc.stderr.readline())
                 assert lines[-1], f"dumpcap in {ns.name} did not start: {''.join(lines)}"
+        # said is not yet capturing everywhere: once (a cold CI run), both pod namespaces'
+        # captures lacked a connection that began at once, while the nodes' had it
+        time.sleep(0.3)
         yield
         time.sleep(0.3)
     finally:
