@@ -283,16 +283,19 @@ class TraceSession(threading.Thread):
                 return False
             delay = min(delay * 2, 5.0)
 
+    def _parts(self) -> list[Mapping[str, Any]]:
+        """The nodes' parts of the newest version of the trace seen."""
+        with self._body_lock:
+            return list((self._body.get("status") or {}).get("nodes") or [])
+
     def _finish_time(self, probing: threading.Thread | None) -> float | None:
         """When to stop, once that is known: after the probes and their replies."""
         if not self.spec.probe_count:
             return None
         if probing is not None:
             return None if probing.is_alive() else time.monotonic() + REPLY_WAIT
-        with self._body_lock:
-            parts = (self._body.get("status") or {}).get("nodes") or []
         source = self.ends.source_node
-        if any(p.get("node") == source and p.get("probesDone") for p in parts):
+        if any(p.get("node") == source and p.get("probesDone") for p in self._parts()):
             return time.monotonic() + GRACE
         return None
 
@@ -319,9 +322,7 @@ class TraceSession(threading.Thread):
         node = self.ends.destination_node
         if node is None or node == self.ctx.node:
             return True
-        with self._body_lock:
-            parts = (self._body.get("status") or {}).get("nodes") or []
-        return any(p.get("node") == node for p in parts)
+        return any(p.get("node") == node for p in self._parts())
 
     def _probe(self, deadline: float) -> None:
         assert self.prober is not None
