@@ -16,6 +16,9 @@ import pytest
 from badframes import frames
 from conftest import REPO, need, rss_mib
 from netlab import Netlab, docker_like
+from pktpath.core.errors import PktpathError
+from pktpath.core.filters import TraceFilter, parse_host
+from pktpath.core.loader import Probes
 from pktpath.core.packet import decode
 from test_trace_e2e import hop, loaded_programs, programs_gone
 
@@ -145,6 +148,33 @@ def test_sigkill_leaves_nothing_attached(lab: Netlab, trace: Any) -> None:
     assert len(ours) == 5
     run.stop(signal.SIGKILL)
     assert programs_gone(ours), "the kernel still holds a killed pktpath's programs"
+
+
+def test_programs_loading_in_the_background_are_closed_or_their_error_raised(e2e: None) -> None:
+    """`pktpath trace` loads its programs in a thread while it imports the rest: closing
+    before open() waits for the load and detaches it; a load that failed raises in open()."""
+    before = {p["id"] for p in loaded_programs()}
+    probes = Probes.for_filter(TraceFilter(hosts=(parse_host("10.200.33.9"),)))
+    probes.start()
+    probes.close()
+    deadline = time.monotonic() + 5  # the kernel frees programs after RCU
+    while left := [p["name"] for p in loaded_programs() if p["id"] not in before
+                   and p["name"].startswith(("tp_btf_", "raw_tp_"))]:
+        assert time.monotonic() < deadline, f"still loaded after close(): {left}"
+        time.sleep(0.1)
+
+    probes.start()
+    probes.open()
+    ours = {p["id"] for p in loaded_programs() if p["id"] not in before}
+    assert len(ours) == 5
+    probes.close()
+    assert programs_gone(ours)
+
+    missing = Probes(TraceFilter().config(), path="/nonexistent/pktpath.bpf.o")
+    missing.start()
+    with pytest.raises(PktpathError, match=r"/nonexistent/pktpath\.bpf\.o is missing"):
+        missing.open()
+    missing.close()
 
 
 def test_interface_renamed_and_namespace_deleted_while_tracing(lab: Netlab, trace: Any) -> None:

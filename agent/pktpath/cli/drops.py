@@ -141,34 +141,5 @@ def run_drops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``pktpath drops``."""
-    parser.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
-                        help="seconds between readings (default 1)")
-    parser.add_argument("-c", "--count", type=int, default=0, metavar="N",
-                        help="stop after N intervals (default: until Ctrl-C)")
-    parser.add_argument("--json", action="store_true",
-                        help='one JSON object per interval: {"time", "interval_s", "drops": '
-                        '[{"netns", "netns_name", "ifname", "reason", "location", "count", '
-                        '"total"}]}')
-    parser.add_argument("--netns", metavar="NS",
-                        help="only this namespace (an `ip netns` name, a path or an inode)")
-    parser.add_argument("-i", "--interface", metavar="IFNAME", help="only this interface")
-    parser.add_argument("--reason", metavar="NAME",
-                        help="only this drop reason (e.g. NETFILTER_DROP, NO_SOCKET)")
-    parser.add_argument("--map-size", type=int, default=4096, metavar="N",
-                        help="places counted at most (default 4096; more count as overflow)")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("run it as: pktpath drops")

@@ -14,19 +14,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from pktpath import __version__
-from pktpath.cli.drops import add_arguments as add_drops_arguments
-from pktpath.cli.stream import announce, message, run, stop_on_signals
+from pktpath.cli.stream import message, stop_on_signals
 from pktpath.core.errors import EXIT_USAGE, PktpathError, UsageError
 from pktpath.core.expression import compile_expression
 from pktpath.core.filters import TraceFilter, parse_host, parse_port, parse_proto
 from pktpath.core.hooks import FLAGS, select_hooks
-from pktpath.core.loader import DEFAULT_RING_BYTES
-from pktpath.core.tracer import Hop, Tracer
+from pktpath.core.loader import DEFAULT_RING_BYTES, Probes
 from pktpath.host import netns
-from pktpath.host.names import NetnsNames
 from pktpath.host.privileges import require_btf, require_network_admin, require_tracing
 
-if TYPE_CHECKING:  # imported where their flags are given: every start does not pay for them
+if TYPE_CHECKING:  # imported where they are needed: every start does not pay for them
+    from pktpath.core.tracer import Hop
     from pktpath.host.nftrace import NfTrace
     from pktpath.view.diagram import FirstPath
 
@@ -96,6 +94,35 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return int(text)
+
+
+def _drops_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``pktpath drops``."""
+    parser.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
+                        help="seconds between readings (default 1)")
+    parser.add_argument("-c", "--count", type=int, default=0, metavar="N",
+                        help="stop after N intervals (default: until Ctrl-C)")
+    parser.add_argument("--json", action="store_true",
+                        help='one JSON object per interval: {"time", "interval_s", "drops": '
+                        '[{"netns", "netns_name", "ifname", "reason", "location", "count", '
+                        '"total"}]}')
+    parser.add_argument("--netns", metavar="NS",
+                        help="only this namespace (an `ip netns` name, a path or an inode)")
+    parser.add_argument("-i", "--interface", metavar="IFNAME", help="only this interface")
+    parser.add_argument("--reason", metavar="NAME",
+                        help="only this drop reason (e.g. NETFILTER_DROP, NO_SOCKET)")
+    parser.add_argument("--map-size", type=int, default=4096, metavar="N",
+                        help="places counted at most (default 4096; more count as overflow)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and kernel function, at almost no cost (a per-CPU map, nothing per packet in user "
         "space), and show the counts of each interval sorted by rate.", epilog=DROPS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_drops_arguments(drops)
+    _drops_flags(drops)
 
     node_agent = sub.add_parser(
         "agent", help="the Kubernetes node agent (run by the DaemonSet)",
@@ -260,8 +287,22 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     require_btf()
     if args.nf_trace:
         require_network_admin("--nf-trace")
-    stop = threading.Event()
     hooks = select_hooks({flag for flag in FLAGS if getattr(args, flag[2:].replace("-", "_"))})
+    probes = Probes.for_filter(trace_filter, hooks=hooks, hook_type=args.hook_type,
+                               ring_bytes=args.buffer_size)
+    # the kernel verifies the programs (most of a start) while the rest of pktpath imports
+    probes.start()
+    with contextlib.closing(probes):
+        return _trace(args, out, err, trace_filter, ns, probes)
+
+
+def _trace(args: argparse.Namespace, out: TextIO, err: TextIO, trace_filter: TraceFilter,
+           ns: netns.Netns | None, probes: Probes) -> int:
+    from pktpath.cli.stream import announce, run
+    from pktpath.core.tracer import Tracer
+    from pktpath.host.names import NetnsNames
+
+    stop = threading.Event()
     nf: NfTrace | None = None
     if args.nf_trace:
         from pktpath.host.nftrace import NfTrace
@@ -289,8 +330,7 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         sinks.append(writer.write)
     with stop_on_signals(stop), pcap or contextlib.nullcontext(), \
             nf or contextlib.nullcontext(), \
-            Tracer(trace_filter, hooks=hooks, hook_type=args.hook_type,
-                   ring_bytes=args.buffer_size) as tracer:
+            Tracer(trace_filter, probes=probes) as tracer:
         if nf is not None:
             for where in nf.removed_stale:
                 message(err, f"removed {where}, left by a pktpath that was killed")

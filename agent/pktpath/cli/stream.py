@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pktpath.core.hooks import without
-from pktpath.core.tracer import Hop, Tracer
-from pktpath.view.hops import Connections, Rewrites, json_object, text_line
+
+if TYPE_CHECKING:  # `pktpath trace` imports them while its programs load
+    from pktpath.core.tracer import Hop, Tracer
 
 LOSS_CHECK_SECONDS = 1.0
 
@@ -62,6 +63,8 @@ def formatter(as_json: bool, latency: bool = False,
               addresses: Mapping[str, str] | None = None) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line (marking NAT rewrites, naming
     namespaces and, with addresses, some addresses)."""
+    from pktpath.view.hops import Connections, Rewrites, json_object, text_line
+
     rewrites, connections = Rewrites(), Connections()
 
     def name(hop: Hop) -> str | None:

@@ -9,10 +9,10 @@ program before the object loads.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from dataclasses import dataclass
 
 from pktpath.core.errors import PktpathError, UsageError
+from pktpath.core.libbpf import open_library
 from pktpath.core.translate import translate
 
 DLT_EN10MB = 1
@@ -40,9 +40,8 @@ class Compiled:
 
 
 def _libpcap() -> ctypes.CDLL:
-    name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
     try:
-        lib = ctypes.CDLL(name)
+        lib = open_library(None, "libpcap.so.0.8", "pcap")
     except OSError as exc:
         raise PktpathError(f"tcpdump expressions need libpcap ({exc}): install it (Debian: "
                            "apt-get install libpcap0.8)") from exc

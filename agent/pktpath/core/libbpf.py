@@ -8,7 +8,6 @@ on a failed load).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Callable
@@ -43,7 +42,7 @@ def _declare(lib: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> 
     func.argtypes = argtypes
 
 
-def _open_library(path: str | None, soname: str, name: str) -> ctypes.CDLL:
+def open_library(path: str | None, soname: str, name: str) -> ctypes.CDLL:
     """path, else the library by its soname, else wherever ctypes finds it (which runs
     ldconfig: a few ms of every start, so only when the soname is not found)."""
     if path:
@@ -51,7 +50,9 @@ def _open_library(path: str | None, soname: str, name: str) -> ctypes.CDLL:
     try:
         return ctypes.CDLL(soname, use_errno=True)
     except OSError:
-        found = ctypes.util.find_library(name)
+        from ctypes.util import find_library  # imports subprocess, tempfile: when needed
+
+        found = find_library(name)
         if not found:
             raise
         return ctypes.CDLL(found, use_errno=True)
@@ -63,13 +64,13 @@ class Libbpf:
     def __init__(self, path: str | None = None) -> None:
         path = path or os.environ.get("PKTPATH_LIBBPF")
         try:
-            self.lib = _open_library(path, "libbpf.so.1", "bpf")
+            self.lib = open_library(path, "libbpf.so.1", "bpf")
         except OSError as exc:
             raise PktpathError(
                 f"cannot load libbpf ({exc}): install it (Debian: apt-get install libbpf1)",
                 exit_code=1,
             ) from exc
-        self._libc = _open_library(None, "libc.so.6", "c")
+        self._libc = open_library(None, "libc.so.6", "c")
         self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
                                          _c_void_p]
         self.log_lines: list[str] = []

@@ -15,9 +15,10 @@ import ctypes
 import dataclasses
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
+from typing import TYPE_CHECKING
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import (
@@ -35,6 +36,9 @@ from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
 from pktpath.core.translate import INSN, find_region
 
+if TYPE_CHECKING:
+    from pktpath.core.filters import TraceFilter
+
 HOOK_TYPES = ("tp_btf", "raw_tp")
 DEFAULT_RING_BYTES = 4 << 20
 
@@ -44,8 +48,9 @@ REFUSE_ENV = "PKTPATH_REFUSE_HOOKS"
 
 def object_path() -> str:
     """Path of the BPF object: the one shipped inside the package, or $PKTPATH_BPF_OBJECT."""
-    return os.environ.get("PKTPATH_BPF_OBJECT") or str(
-        resources.files("pktpath.core").joinpath("pktpath.bpf.o"))
+    # beside this module (importlib.resources would cost every start a few ms of imports)
+    return os.environ.get("PKTPATH_BPF_OBJECT") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "pktpath.bpf.o")
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,17 @@ class Probes:
         # does on a kernel without them
         self._refused = set(filter(None, os.environ.get(REFUSE_ENV, "").split(",")))
         self.report = LoadReport()
+        self._opening: threading.Thread | None = None  # open() running in the background
+        self._open_error: BaseException | None = None
+
+    @classmethod
+    def for_filter(cls, trace_filter: TraceFilter, *, hooks: Iterable[Hook] = DEFAULT_HOOKS,
+                   hook_type: str = "auto", ring_bytes: int = DEFAULT_RING_BYTES,
+                   map_entries: Mapping[str, int] | None = None) -> Probes:
+        """The probes a trace filter needs: its config, its expression's eBPF."""
+        region = trace_filter.expression.region if trace_filter.expression else b""
+        return cls(trace_filter.config(), hooks=hooks, hook_type=hook_type,
+                   ring_bytes=ring_bytes, expression=region, map_entries=map_entries)
 
     def __enter__(self) -> Probes:
         self.open()
@@ -159,8 +175,35 @@ class Probes:
 
     # -- loading -------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Begin :meth:`open` in a thread: the kernel verifies the programs (most of a start)
+        while the caller does other work, such as importing what reads the events. The
+        :meth:`open` that follows waits for it and raises what it raised."""
+        def run() -> None:
+            try:
+                self._open()
+            except BaseException as exc:  # handed to open() in the caller's thread
+                self._open_error = exc
+
+        self._opening = threading.Thread(target=run, name="pktpath-load", daemon=True)
+        self._opening.start()
+
+    def _wait_opening(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+
     def open(self) -> None:
         """Open, configure, load and attach; raise PktpathError when nothing could attach."""
+        if self._opening is None:
+            self._open()
+            return
+        self._wait_opening()
+        error, self._open_error = self._open_error, None
+        if error is not None:
+            raise error
+
+    def _open(self) -> None:
         if not os.path.exists(self._path):
             raise PktpathError(f"the BPF object {self._path} is missing: reinstall pktpath "
                                "(or run 'make -C bpf' in a source checkout)")
@@ -365,6 +408,7 @@ class Probes:
 
     def close(self) -> None:
         """Detach every hook and free everything; safe to call twice."""
+        self._wait_opening()
         lib = self._bpf.lib
         for rb, _cb in self._rings:
             lib.ring_buffer__free(rb)

@@ -91,16 +91,17 @@ class Tracer:
         symbols: Symbols | None = None,
         reasons: Mapping[int, str] | None = None,
         map_entries: Mapping[str, int] | None = None,
+        probes: Probes | None = None,
     ) -> None:
+        """probes: already made for trace_filter (and perhaps started), else made here."""
         self.filter = trace_filter
         # what the kernel calls its code addresses and drop reasons: shared between tracers
         # (the agent's), else read by this one
         self._symbols = symbols
         self._reasons = reasons
-        region = trace_filter.expression.region if trace_filter.expression else b""
-        self._probes = Probes(trace_filter.config(), hooks=hooks, hook_type=hook_type,
-                              ring_bytes=ring_bytes, expression=region,
-                              map_entries=map_entries)
+        self._probes = probes or Probes.for_filter(
+            trace_filter, hooks=hooks, hook_type=hook_type, ring_bytes=ring_bytes,
+            map_entries=map_entries)
         self._pending: list[bytes] = []
         self._rb = 0
         self._judge: FateJudge | None = None
