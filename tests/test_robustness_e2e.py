@@ -17,9 +17,11 @@ from badframes import frames
 from conftest import REPO, need, rss_mib
 from netlab import Netlab, docker_like
 from pktpath.core.errors import PktpathError
+from pktpath.core.expression import compile_expression
 from pktpath.core.filters import TraceFilter, parse_host
 from pktpath.core.loader import Probes
 from pktpath.core.packet import decode
+from pktpath.core.translate import INSN
 from test_trace_e2e import hop, loaded_programs, programs_gone
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")
@@ -175,6 +177,19 @@ def test_programs_loading_in_the_background_are_closed_or_their_error_raised(e2e
     with pytest.raises(PktpathError, match=r"/nonexistent/pktpath\.bpf\.o is missing"):
         missing.open()
     missing.close()
+
+
+def test_a_refused_program_is_refused_with_the_verifiers_words(e2e: None) -> None:
+    """Loads run without libbpf's log (thousands of lines); a refusal is loaded again with it,
+    so the error still says what the verifier said."""
+    udp = TraceFilter(expression=compile_expression("udp"))
+    assert udp.expression is not None
+    exit_first = INSN.pack(0x95, 0, 0, 0)  # the rest of the region can no longer be reached
+    probes = Probes(udp.config(), hook_type="tp_btf",
+                    expression=exit_first + udp.expression.region[INSN.size:])
+    with pytest.raises(PktpathError, match=r"\(tp_btf: .*: unreachable insn \d+\)"):
+        probes.open()
+    probes.close()
 
 
 def test_interface_renamed_and_namespace_deleted_while_tracing(lab: Netlab, trace: Any) -> None:

@@ -128,6 +128,21 @@ class Libbpf:
         self.log_lines.extend(buf.value.decode(errors="replace").splitlines())
         return 0
 
+    def load_object(self, obj: int, what: str, *, quiet: bool = True) -> None:
+        """bpf_object__load, raising LibbpfError. quiet: libbpf's thousands of debug lines
+        are not handed to Python at all (each would wait for the interpreter lock, held by
+        whatever else runs), nor its warnings: a failed quiet load says only its errno, so
+        load again without quiet to learn why."""
+        lib = self.lib
+        if quiet:
+            lib.libbpf_set_print(_PrintCallback())
+        try:
+            ret = lib.bpf_object__load(obj)
+        finally:
+            if quiet:
+                lib.libbpf_set_print(self._print_cb)
+        self.check_int(ret, what)
+
     def take_log(self) -> str:
         """What libbpf printed since the last call, and forget it."""
         text = "\n".join(self.log_lines)

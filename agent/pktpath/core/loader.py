@@ -212,12 +212,16 @@ class Probes:
         refused: list[tuple[str, LibbpfError]] = []
         for hook_type in types:
             try:
-                self._load(hook_type)
-            except LibbpfError as err:
+                self._load(hook_type, quiet=True)
+            except LibbpfError:
                 self._close_object()
-                refused.append((hook_type, err))
-                self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
-                continue
+                try:  # again, to hear what libbpf and the verifier said
+                    self._load(hook_type, quiet=False)
+                except LibbpfError as err:
+                    self._close_object()
+                    refused.append((hook_type, err))
+                    self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
+                    continue
             break
         else:
             raise _refusal(refused)
@@ -232,7 +236,7 @@ class Probes:
             self.report.hooks.append(HookStatus(hook, error=choice.error, program=choice.program,
                                                 note=choice.note))
 
-    def _load(self, hook_type: str) -> None:
+    def _load(self, hook_type: str, *, quiet: bool) -> None:
         bpf = self._bpf
         lib = bpf.lib
         self._obj = bpf.check_ptr(lib.bpf_object__open_file(self._path.encode(), None),
@@ -258,7 +262,7 @@ class Probes:
             found = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), name)
             bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
         bpf.take_log()
-        bpf.check_int(lib.bpf_object__load(self._obj), f"loading {hook_type} programs")
+        bpf.load_object(self._obj, f"loading {hook_type} programs", quiet=quiet)
         self._maps = Maps.of(bpf, self._obj)
 
     def _write_expression(self, prog: int, name: str) -> None:
