@@ -129,24 +129,16 @@ static __always_inline bool packet_flow(struct pktpath_flow *f, struct headers *
 	return flow_at(f, h->l3, h->ethertype, btf);
 }
 
-/* The traces of the connection conn_find() found, per CPU, for its caller. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} conn_found_traces SEC(".maps");
-
-/* The connection of the packet at l3, 0 if none; its traces in conn_found_traces. */
-static __always_inline __u64 conn_find(unsigned char *l3, __u16 ethertype, bool btf)
+/* The connection this packet belongs to, 0 if none. */
+static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 {
-	struct headers h = { .l3 = l3, .ethertype = ethertype };
 	struct pktpath_flow f = {};
 	struct pktpath_conn *c;
-	__u32 bit, zero = 0;
-	__u64 now, *traces;
+	__u64 now;
 
-	if (!packet_flow(&f, &h, btf))
+	__u32 bit;
+
+	if (!conns_started || !packet_flow(&f, h, btf))
 		return 0;
 	bit = flow_hash(&f);
 	if (!(conn_bloom[bit / 64] & (1ULL << (bit % 64))))
@@ -160,41 +152,8 @@ static __always_inline __u64 conn_find(unsigned char *l3, __u16 ethertype, bool 
 		return 0;
 	}
 	c->last_ns = now;
-	traces = bpf_map_lookup_elem(&conn_found_traces, &zero);
-	if (traces)
-		*traces = c->traces;
+	*traces = c->traces;
 	return c->conn;
-}
-
-/* conn_find() as global functions, one per program type: the verifier checks each once, not
- * once for every way a packet can reach it (a quarter of a start's verifying otherwise). */
-__noinline __u64 conn_find_btf(__u64 l3, __u32 ethertype)
-{
-	return conn_find((unsigned char *)l3, ethertype, true);
-}
-
-__noinline __u64 conn_find_raw(__u64 l3, __u32 ethertype)
-{
-	return conn_find((unsigned char *)l3, ethertype, false);
-}
-
-/* The connection this packet belongs to, 0 if none. */
-static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
-{
-	__u32 zero = 0;
-	__u64 conn, l3, *found;
-
-	if (!conns_started)
-		return 0;
-	/* the address as a number: a global function takes no packet pointer */
-	bpf_probe_read_kernel(&l3, sizeof(l3), &h->l3);
-	conn = btf ? conn_find_btf(l3, h->ethertype) : conn_find_raw(l3, h->ethertype);
-	if (!conn)
-		return 0;
-	found = bpf_map_lookup_elem(&conn_found_traces, &zero);
-	if (found)
-		*traces = *found;
-	return conn;
 }
 
 static __always_inline void bloom_add(struct pktpath_flow *f)
