@@ -71,9 +71,10 @@ def formatter(as_json: bool, latency: bool = False,
         return names(hop.event.netns) if names is not None and hop.event.netns else None
 
     if as_json:
-        return lambda hop: json.dumps(json_object(hop, rewrites(hop), name(hop),
-                                                  connections(hop), addresses),
-                                      separators=(",", ":"))
+        # one encoder: json.dumps with separators would build one per hop
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        return lambda hop: encode(json_object(hop, rewrites(hop), name(hop), connections(hop),
+                                              addresses))
     return lambda hop: text_line(hop, latency, rewrites(hop), name(hop), connections(hop),
                                  addresses)
 

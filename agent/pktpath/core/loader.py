@@ -258,7 +258,12 @@ class Probes:
         ctypes.memmove(init, self._config, len(self._config))
         ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"), "events")
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
-        for name, entries in self._map_entries.items():
+        map_entries = dict(self._map_entries)
+        if not any(s.hook == Hook.DROP_COUNT and s.program for s in self.report.hooks):
+            # only the drop watch counts into it: preallocated per CPU, it costs a big node's
+            # start milliseconds for nothing
+            map_entries.setdefault("drop_counts", 1)
+        for name, entries in map_entries.items():
             found = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), name)
             bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
         bpf.take_log()
