@@ -41,7 +41,8 @@ def announce(tracer: Tracer, err: TextIO) -> None:
     """Say what is traced where, and what did not attach."""
     report = tracer.report
     if report.fallback_reason:
-        message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp")
+        message(err, f"tp_btf programs refused ({report.fallback_reason}); using raw_tp "
+                "('--hook-type tp_btf' says why)")
     for status in report.hooks:
         if status.note and status.hook_type:
             message(err, f"hook {status.hook.tracepoint}: {status.note}")

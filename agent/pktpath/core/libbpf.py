@@ -132,7 +132,8 @@ class Libbpf:
         """bpf_object__load, raising LibbpfError. quiet: libbpf's thousands of debug lines
         are not handed to Python at all (each would wait for the interpreter lock, held by
         whatever else runs), nor its warnings: a failed quiet load says only its errno, so
-        load again without quiet to learn why."""
+        load again without quiet to learn why. libbpf's print function is the process's:
+        another thread's lines during a quiet load are dropped too."""
         lib = self.lib
         if quiet:
             lib.libbpf_set_print(_PrintCallback())

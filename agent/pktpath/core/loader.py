@@ -213,19 +213,25 @@ class Probes:
         for hook_type in types:
             try:
                 self._load(hook_type, quiet=True)
-            except LibbpfError:
+            except LibbpfError as err:
                 self._close_object()
-                try:  # again, to hear what libbpf and the verifier said
-                    self._load(hook_type, quiet=False)
-                except LibbpfError as err:
-                    self._close_object()
-                    refused.append((hook_type, err))
-                    self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
-                    continue
+                refused.append((hook_type, err))
+                self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
+                continue
             break
         else:
-            raise _refusal(refused)
+            raise _refusal([(kind, self._said(kind, err)) for kind, err in refused])
         self._attach(hook_type)
+
+    def _said(self, hook_type: str, err: LibbpfError) -> LibbpfError:
+        """A refusal again, with what libbpf and the verifier said (a quiet load drops it):
+        only when nothing loaded, so a fallback costs a start no second load."""
+        try:
+            self._load(hook_type, quiet=False)
+        except LibbpfError as loud:
+            err = loud
+        self._close_object()
+        return err
 
     def _choose_programs(self) -> None:
         """Per hook, the program the running kernel's tracepoint fits (by its arguments), or
