@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -159,12 +160,15 @@ def test_programs_loading_in_the_background_are_closed_or_their_error_raised(e2e
     probes = Probes.for_filter(TraceFilter(hosts=(parse_host("10.200.33.9"),)))
     probes.start()
     probes.close()
+    # the load is over when close() returns (else what it attaches next would stay)
+    assert not [t for t in threading.enumerate() if t.name == "pktpath-load"]
     deadline = time.monotonic() + 5  # the kernel frees programs after RCU
     while left := [p["name"] for p in loaded_programs() if p["id"] not in before
                    and p["name"].startswith(("tp_btf_", "raw_tp_"))]:
         assert time.monotonic() < deadline, f"still loaded after close(): {left}"
         time.sleep(0.1)
 
+    probes = Probes.for_filter(TraceFilter(hosts=(parse_host("10.200.33.9"),)))
     probes.start()
     probes.open()
     ours = {p["id"] for p in loaded_programs() if p["id"] not in before}
