@@ -3,7 +3,9 @@
 
 With no filter, a UDP flood between two namespaces produces events faster than Python reads
 them; each consumer drains the ring buffer for the same time and we count events received and
-lost (kernel counter), and events fully decoded per second.
+lost (kernel counter). A sample of each batch is then timed two ways, on one core: decoded
+(record -> hop), and as `pktpath trace --json` writes it (record -> hop with its fate and time
+since the packet's first hop -> JSON line -> file).
 
     sudo python3 bench/consumer.py [--seconds 3] [--rounds 3]
 """
@@ -27,10 +29,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from overhead import DST, PORT, Topology, build_flood  # noqa: E402
+from pktpath.cli.stream import formatter  # noqa: E402
 from pktpath.core.event import Counter  # noqa: E402
+from pktpath.core.fate import FateJudge  # noqa: E402
 from pktpath.core.filters import TraceFilter  # noqa: E402
+from pktpath.core.latency import SinceFirst  # noqa: E402
 from pktpath.core.loader import Probes  # noqa: E402
+from pktpath.core.symbols import DropReasons, Symbols  # noqa: E402
 from pktpath.core.tracer import hop_from_record  # noqa: E402
+
+SAMPLE = 2000  # records of each batch decoded (and timed)
 
 
 def build_ext(workdir: str) -> object:
@@ -45,12 +53,15 @@ def build_ext(workdir: str) -> object:
     return module
 
 
-def run(kind: str, ext: object, topo: Topology, flood: str,
-        seconds: float) -> tuple[float, float, float]:
-    """(records received/s, lost/s, records decoded/s) for one consumer over one flood."""
-    with Probes(TraceFilter().config()) as probes:
+def run(kind: str, ext: object, topo: Topology, flood: str, seconds: float,
+        symbols: Symbols) -> tuple[float, ...]:
+    """(records received/s, lost/s, decoded/s, decoded and written as JSON/s) for one
+    consumer over one flood."""
+    with Probes(TraceFilter().config()) as probes, open(os.devnull, "w") as out:
         lib = probes._bpf.lib
         fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(probes._obj, b"events"))
+        judge, since = FateJudge(DropReasons(probes.libbpf), symbols), SinceFirst()
+        to_json = formatter(True)
         records: list[bytes] = []
         if kind == "ctypes":
             rb = probes.ring_buffer(
@@ -66,22 +77,34 @@ def run(kind: str, ext: object, topo: Topology, flood: str,
 
             def poll() -> list[bytes]:
                 return ext.poll(crb, 50)  # type: ignore[attr-defined, no-any-return]
+
+        def decode(batch: list[bytes]) -> None:
+            for record in batch:
+                hop_from_record(record)
+
+        def write(batch: list[bytes]) -> None:
+            hops = (hop_from_record(record, judge, since) for record in batch)
+            out.write("".join(to_json(hop) + "\n" for hop in hops if hop is not None))
+
         sender = threading.Thread(target=subprocess.run, args=(
             ["ip", "netns", "exec", topo.a, "taskset", "-c", "1", flood, DST, str(PORT),
              str(seconds)],), kwargs={"capture_output": True})
-        received = decoded_time = 0.0
+        received = 0.0
+        times = {"decoded": 0.0, "json": 0.0}  # seconds the sample took, scaled to the batch
         start = time.monotonic()
         sender.start()
         while sender.is_alive():
             batch = poll()
             received += len(batch)
-            t = time.perf_counter()
-            for record in batch[:2000]:  # decode a sample; time it
-                hop_from_record(record)
-            decoded_time += (time.perf_counter() - t) / max(min(len(batch), 2000), 1) * len(batch)
+            sample = batch[:SAMPLE]
+            for what, work in (("decoded", decode), ("json", write)):
+                t = time.perf_counter()
+                work(sample)
+                times[what] += (time.perf_counter() - t) / max(len(sample), 1) * len(batch)
         elapsed = time.monotonic() - start
         lost = probes.counters()[Counter.LOST]
-        return received / elapsed, lost / elapsed, received / decoded_time if decoded_time else 0
+        return (received / elapsed, lost / elapsed,
+                *(received / spent if spent else 0.0 for spent in times.values()))
 
 
 def main() -> int:
@@ -90,16 +113,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float, float]]] = {"ctypes": [], "c-extension": []}
+    results: dict[str, list[tuple[float, ...]]] = {"ctypes": [], "c-extension": []}
+    symbols = Symbols()
     with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
         flood, ext = build_flood(workdir), build_ext(workdir)
         for _ in range(args.rounds):
             for kind in results:
-                results[kind].append(run(kind, ext, topo, flood, args.seconds))
-    print(f"{'consumer':<14}{'received/s':>12}{'lost/s':>12}{'decoded/s':>12}  (medians)")
+                results[kind].append(run(kind, ext, topo, flood, args.seconds, symbols))
+    print(f"{sys.executable} {sys.version.split()[0]}")
+    print(f"{'consumer':<14}{'received/s':>12}{'lost/s':>12}{'decoded/s':>12}{'JSON/s':>12}"
+          "  (medians)")
     for kind, rows in results.items():
         print(f"{kind:<14}" + "".join(f"{statistics.median(r[i] for r in rows):>12,.0f}"
-                                      for i in range(3)))
+                                      for i in range(4)))
     return 0
 
 

@@ -26,6 +26,8 @@ side mean anything):
                reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
                `agent` or `pktpath` under DIR/agent): e.g. the bpf_loop interpreter of 382c2df
+  MODE-baseline  any pktpath trace mode above run from the --baseline DIR checkout, e.g.
+               --modes all-to-file,all-to-file-baseline (side by side, same rounds)
 Printed: median rate of each mode and the median of its per-round ratios to untraced; the
 median time from starting pktpath to its "tracing" line; the user-space path in events/s
 (bench/consumer.py).
@@ -184,6 +186,10 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
            baseline: str | None = None) -> list[str] | None:
     """The command of a mode (None for untraced)."""
     pktpath = [sys.executable, "-m", "pktpath", "trace"]
+    if mode.endswith("-baseline") and mode != "expr-baseline":
+        command = tracer(mode.removesuffix("-baseline"), traffic, workdir)
+        assert command is not None and command[:len(pktpath)] == pktpath, mode
+        return [*baseline_command(baseline or ""), *command[len(pktpath):]]
     if mode.startswith("agent-"):
         own = ["--own"] if mode.startswith("agent-own-") else []
         return [sys.executable, os.path.join(REPO, "bench", "agent_scale.py"), *own,
@@ -252,7 +258,7 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
             startup.append(took)
 
     try:
-        if traffic.kind == "udp" or mode != "one-in-100":
+        if traffic.kind == "udp" or mode.removesuffix("-baseline") != "one-in-100":
             start()
             if mode == "conn-nomatch":
                 nat_connection()
@@ -281,8 +287,8 @@ def main() -> int:
         if mode in modes and shutil.which(tool) is None:
             print(f"{tool} is not installed: leaving out {mode}", file=sys.stderr)
             modes.remove(mode)
-    if "expr-baseline" in modes and not args.baseline:
-        parser.error("expr-baseline needs --baseline DIR (an earlier pktpath checkout)")
+    if any(m.endswith("-baseline") for m in modes) and not args.baseline:
+        parser.error("a -baseline mode needs --baseline DIR (an earlier pktpath checkout)")
     if not os.path.exists("/sys/kernel/tracing/events"):
         subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
     # as `pip install` leaves it: every module compiled (else each start compiles them anew

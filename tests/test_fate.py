@@ -15,6 +15,7 @@ class FakeSymbols(Symbols):
     """Five functions at known addresses."""
 
     def __init__(self) -> None:
+        super().__init__("/nonexistent")  # nothing read: the five below instead
         self._addresses = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000]
         self._names = ["nf_hook_slow", "ip_local_deliver", "ip_forward", "ip_error",
                        "icmpv6_rcv"]

@@ -5,20 +5,23 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pktpath.core.event import EVENT_FIELDS, EVENT_STRUCT, STACK_DEPTH, EventFlag, Hook
 from pktpath.core.tracer import hop_from_record
 from pktpath.view.hops import json_object, text_line
 from test_packet import ECHO, eth, ipv4, ipv6
 
 
-def record(frame: bytes, *, netns: int = 4026531957, ifname: str = "docker0",
+def record(frame: bytes, *, netns: int = 4026531957, ifname: str | bytes = "docker0",
            hook: Hook = Hook.NET_DEV_QUEUE, flags: int = EventFlag.L2, protocol: int = 0x0800,
            vlan_tci: int = 0, **fields: object) -> bytes:
     values: dict[str, object] = {
         "time_ns": 123456789, "skb": 0xFFFF888012345678, "packet": 0xFFFF888012345678,
         "stack": [0] * STACK_DEPTH, "netns": netns, "ifindex": 3, "len": len(frame), "cpu": 1,
         "cap_len": len(frame), "protocol": struct.unpack("<H", struct.pack("!H", protocol))[0],
-        "vlan_tci": vlan_tci, "hook": hook, "flags": flags, "ifname": ifname.encode(),
+        "vlan_tci": vlan_tci, "hook": hook, "flags": flags,
+        "ifname": ifname if isinstance(ifname, bytes) else ifname.encode(),
         "data": frame, **fields}
     packed: list[object] = []
     for name, code in EVENT_FIELDS:
@@ -122,3 +125,56 @@ def test_a_tracked_connection_and_its_conntrack_entry_in_json_and_text() -> None
     assert text_line(hop, conn=1).endswith("[S.]  conn 1")
     plain = json_object(hop_from_record(record(eth(0x0800) + ipv4(6, tcp))))
     assert not {"conn", "ct_state", "ct_zone", "ct_mark", "ct_nat"} & set(plain)
+
+
+def test_names_from_outside_are_escaped_as_json_escapes_them() -> None:
+    import json
+
+    from pktpath.view.hops import json_line
+
+    udp = struct.pack("!HHHH", 1, 2, 8, 0)
+    hop = hop_from_record(record(eth(0x0800) + ipv4(17, udp), ifname='a"b\\c\x01d'))
+    names = {"10.200.0.2": 'svc "shop"/db\u00e9'}
+    line = json_line(hop, netns_name="shop/web-0\u2028\n", addresses=names)
+    assert line.isascii()  # as json.dumps writes (ensure_ascii), one line
+    obj = json.loads(line)
+    assert (obj["ifname"], obj["netns_name"], obj["dst_name"]) == (
+        'a"b\\c\x01d', "shop/web-0\u2028\n", 'svc "shop"/db\u00e9')
+
+
+# every key a hop's JSON may have (README.md documents them)
+JSON_KEYS = {
+    "time_ns", "hook", "netns", "netns_name", "ifindex", "ifname", "skb", "packet", "cpu", "len",
+    "family", "eth_src", "eth_dst", "vlan", "proto", "src", "src_name", "dst", "dst_name", "ttl",
+    "sport", "dport", "tcp_flags", "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "arp_op",
+    "fragment", "truncated", "since_first_ns", "rewrite", "nat", "conn", "ct_state", "ct_zone",
+    "ct_mark", "ct_nat", "tunnel", "route", "drop", "drop_reason", "location", "explain",
+    "nf_rule", "icmp_sent"}
+
+
+@settings(max_examples=400)
+@given(frame=st.binary(max_size=120), hook=st.sampled_from(list(Hook)),
+       flags=st.integers(0, 255), skb=st.integers(0, 2**64 - 1),
+       packet=st.integers(0, 2**64 - 1), ct=st.tuples(st.integers(0, 255), st.integers(0, 3)),
+       ifname=st.binary(max_size=16))
+def test_any_record_is_written_as_valid_json_and_a_line(
+        frame: bytes, hook: Hook, flags: int, skb: int, packet: int, ct: tuple[int, int],
+        ifname: bytes) -> None:
+    import json
+
+    from pktpath.cli.stream import formatter
+    from pktpath.core.fate import FateJudge
+    from pktpath.core.latency import SinceFirst
+    from pktpath.core.symbols import Symbols
+
+    raw = record(frame, hook=hook, flags=flags, skb=skb, packet=packet, ct_state=ct[0],
+                 ct_nat=ct[1], ifname=ifname, conn=skb & 1)
+    judge = FateJudge({2: "NO_SOCKET"}, Symbols("/nonexistent"))
+    for hop in (hop_from_record(raw), hop_from_record(raw, judge, SinceFirst())):
+        if hop is None:
+            continue
+        obj = json.loads(formatter(True, names=lambda inode: f'ns "{inode}"')(hop))
+        assert set(obj) <= JSON_KEYS
+        assert (obj["skb"], obj["packet"]) == (f"0x{skb:016x}", f"0x{packet:016x}")
+        assert obj["ifname"] == hop.event.ifname
+        assert formatter(False)(hop).startswith("[")  # and no error

@@ -64,18 +64,21 @@ def formatter(as_json: bool, latency: bool = False,
               addresses: Mapping[str, str] | None = None) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line (marking NAT rewrites, naming
     namespaces and, with addresses, some addresses)."""
-    from pktpath.view.hops import Connections, Rewrites, json_object, text_line
+    from pktpath.view.hops import Connections, Rewrites, json_line, text_line
 
     rewrites, connections = Rewrites(), Connections()
 
     def name(hop: Hop) -> str | None:
         return names(hop.event.netns) if names is not None and hop.event.netns else None
 
+    def line(hop: Hop) -> str:  # a flood's every event: the cheap tests inline
+        e = hop.event
+        return json_line(hop, rewrites(hop),
+                         names(e.netns) if names is not None and e.netns else None,
+                         connections(hop) if e.conn else None, addresses)
+
     if as_json:
-        # one encoder: json.dumps with separators would build one per hop
-        encode = json.JSONEncoder(separators=(",", ":")).encode
-        return lambda hop: encode(json_object(hop, rewrites(hop), name(hop), connections(hop),
-                                              addresses))
+        return line
     return lambda hop: text_line(hop, latency, rewrites(hop), name(hop), connections(hop),
                                  addresses)
 

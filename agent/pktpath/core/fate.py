@@ -164,7 +164,7 @@ class NfRule:
         return f"{self.family} {self.table} {self.chain} {what}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per free, made as often as the hop (see RawEvent)
 class Fate:
     """What became of a freed packet."""
 
@@ -209,7 +209,7 @@ class FateJudge:
 
     def observe(self, packet: Packet) -> None:
         """Remember an echo request or reply seen on its way, as evidence for rules 2 and 3."""
-        if packet.echo is not None and packet.icmp_id is not None:
+        if packet.icmp_id is not None and packet.echo is not None:
             key = (packet.echo, packet.icmp_id, packet.icmp_seq or 0, packet.src, packet.dst)
             if len(self._echoes) == self._echoes.maxlen:
                 self._echo_set.discard(self._echoes[0])
@@ -240,6 +240,8 @@ class FateJudge:
 
     def route_of(self, cpu: int, time_ns: int, packet: Packet) -> Route | None:
         """The routing decision for a packet this CPU handles now, if one was just made."""
+        if not self._routes:
+            return None  # no lookup waits (routing lookups not traced): the common case
         found = self._routes.pop((cpu, packet.src, packet.dst), None)
         if found is None or time_ns - found[0] > ROUTE_WINDOW_NS:
             return None

@@ -6,9 +6,10 @@ far as the bytes go and sets ``truncated`` when a header was cut short.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -31,14 +32,18 @@ def tcp_flags_text(flags: int) -> str:
     return "".join(letter for bit, letter in _TCP_FLAGS if flags & bit) or "none"
 
 
+# Addresses as text, remembered: a flood repeats a few, and each event has two to four
+@functools.lru_cache(maxsize=4096)
 def _mac(b: bytes) -> str:
     return b.hex(":")
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip4(b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET, b)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip6(b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, b)
 
@@ -60,7 +65,7 @@ class Tunnel:
     vni: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see RawEvent
 class Packet:
     """What the headers of one packet say; a field is None when it does not apply."""
 
@@ -109,19 +114,19 @@ def echo_kind(ip_proto: int | None, icmp_type: int | None) -> str | None:
 
 def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
     """Decode ``data``: Ethernet first when ``l2``, else the header ``ethertype`` names."""
-    fields: dict[str, object] = {}
+    p = Packet()
     try:
-        _decode(data, l2, ethertype, fields)
-    except _Truncated:
-        fields["truncated"] = True
-    inner = fields.pop("_inner", None)
-    outer = Packet(**fields)  # type: ignore[arg-type]
-    if isinstance(inner, int) and not outer.truncated:
+        inner = _decode(data, l2, ethertype, p)
+    except (_Truncated, struct.error):  # a header cut short (unpack_from past the end)
+        p.truncated = True
+        return p
+    if inner is not None:
         vni = int.from_bytes(data[inner + 4:inner + 7], "big")
         decoded = decode(data[inner + 8:], True, 0)
         if decoded.family is not None:
-            return replace(decoded, tunnel=Tunnel("vxlan", outer.src, outer.dst, vni))
-    return outer
+            decoded.tunnel = Tunnel("vxlan", p.src, p.dst, vni)
+            return decoded
+    return p
 
 
 class _Truncated(Exception):
@@ -134,110 +139,118 @@ def _take(data: bytes, offset: int, size: int) -> bytes:
     return data[offset:offset + size]
 
 
-def _decode(data: bytes, l2: bool, ethertype: int, out: dict[str, object]) -> None:
+# Headers read with one unpack each (network order); unpack_from raises struct.error on a
+# header cut short, which decode() turns into truncated (the header's fields left unset)
+_ETHER = struct.Struct("!6s6sH")  # destination, source, ethertype
+_TAG = struct.Struct("!HH")  # 802.1Q: TCI, ethertype
+_IPV4 = struct.Struct("!B5xHBB2x4s4s")  # version+IHL, fragment, TTL, protocol, src, dst
+_IPV6 = struct.Struct("!6xBB16s16s")  # next header, hop limit, src, dst
+_TCP = struct.Struct("!HHII1xB")  # ports, sequence, acknowledgement, flags
+_UDP = struct.Struct("!HHH")  # ports, length
+_ICMP = struct.Struct("!BB2x")  # type, code (and the checksum, as the header)
+_ECHO = struct.Struct("!BB2xHH")  # type, code, id, sequence
+
+# The decoders below fill in p as far as the bytes go; each returns where a VXLAN header
+# starts when the packet carries one (None when not)
+
+
+def _decode(data: bytes, l2: bool, ethertype: int, p: Packet) -> int | None:
     offset = 0
     if l2:
-        eth = _take(data, 0, 14)
-        out["eth_dst"], out["eth_src"] = _mac(eth[0:6]), _mac(eth[6:12])
-        ethertype = int.from_bytes(eth[12:14], "big")
+        dst, src, ethertype = _ETHER.unpack_from(data)
+        p.eth_dst, p.eth_src = _mac(dst), _mac(src)
         offset = 14
-    vlans: list[int] = []
-    while ethertype in VLAN_ETHERTYPES and len(vlans) < 8:
-        out["ethertype"] = ethertype
-        tag = _take(data, offset, 4)
-        vlans.append(int.from_bytes(tag[0:2], "big") & 0x0FFF)
-        out["vlans"] = tuple(vlans)
-        ethertype = int.from_bytes(tag[2:4], "big")
-        offset += 4
-    out["ethertype"] = ethertype
+    if ethertype in VLAN_ETHERTYPES:
+        vlans: list[int] = []
+        while ethertype in VLAN_ETHERTYPES and len(vlans) < 8:
+            p.ethertype = ethertype
+            tci, next_type = _TAG.unpack_from(data, offset)
+            vlans.append(tci & 0x0FFF)
+            p.vlans = tuple(vlans)
+            ethertype = next_type
+            offset += 4
+    p.ethertype = ethertype
     if ethertype == ETH_P_IP:
-        _ipv4(data, offset, out)
-    elif ethertype == ETH_P_IPV6:
-        _ipv6(data, offset, out)
-    elif ethertype == ETH_P_ARP:
-        _arp(data, offset, out)
+        return _ipv4(data, offset, p)
+    if ethertype == ETH_P_IPV6:
+        return _ipv6(data, offset, p)
+    if ethertype == ETH_P_ARP:
+        _arp(data, offset, p)
+    return None
 
 
-def _ipv4(data: bytes, offset: int, out: dict[str, object]) -> None:
-    out["family"] = "ipv4"
-    hdr = _take(data, offset, 20)
-    ihl = (hdr[0] & 0x0F) * 4
-    out["ttl"] = hdr[8]
-    proto = hdr[9]
-    out["ip_proto"] = proto
-    out["proto"] = IPPROTO_NAMES.get(proto, f"ip-proto-{proto}")
-    out["src"] = _ip4(hdr[12:16])
-    out["dst"] = _ip4(hdr[16:20])
-    if hdr[0] >> 4 != 4 or ihl < 20:
-        out["truncated"] = True  # not a well-formed header: addresses only
-        return
-    if int.from_bytes(hdr[6:8], "big") & 0x1FFF:
-        out["fragment"] = True
-        return
-    _upper(data, offset + ihl, proto, out)
+def _ipv4(data: bytes, offset: int, p: Packet) -> int | None:
+    p.family = "ipv4"
+    version_ihl, frag, p.ttl, proto, src, dst = _IPV4.unpack_from(data, offset)
+    ihl = (version_ihl & 0x0F) * 4
+    p.ip_proto = proto
+    p.proto = IPPROTO_NAMES.get(proto) or f"ip-proto-{proto}"
+    p.src = _ip4(src)
+    p.dst = _ip4(dst)
+    if version_ihl >> 4 != 4 or ihl < 20:
+        p.truncated = True  # not a well-formed header: addresses only
+        return None
+    if frag & 0x1FFF:
+        p.fragment = True
+        return None
+    return _upper(data, offset + ihl, proto, p)
 
 
-def _ipv6(data: bytes, offset: int, out: dict[str, object]) -> None:
-    out["family"] = "ipv6"
-    hdr = _take(data, offset, 40)
-    out["ttl"] = hdr[7]
-    out["src"] = _ip6(hdr[8:24])
-    out["dst"] = _ip6(hdr[24:40])
-    nexthdr, offset = hdr[6], offset + 40
+def _ipv6(data: bytes, offset: int, p: Packet) -> int | None:
+    p.family = "ipv6"
+    nexthdr, p.ttl, src, dst = _IPV6.unpack_from(data, offset)
+    p.src = _ip6(src)
+    p.dst = _ip6(dst)
+    offset += 40
     for _ in range(_MAX_IPV6_EXT):
         if nexthdr not in _IPV6_EXT:
             break
         ext = _take(data, offset, 8)
         if nexthdr == 44:  # fragment header
             if int.from_bytes(ext[2:4], "big") & 0xFFF8:
-                out["fragment"] = True
+                p.fragment = True
             size = 8
         elif nexthdr == 51:  # AH: length in 4-byte units, minus 2
             size = (ext[1] + 2) * 4
         else:
             size = (ext[1] + 1) * 8
         nexthdr, offset = ext[0], offset + size
-    out["ip_proto"] = nexthdr
-    out["proto"] = IPPROTO_NAMES.get(nexthdr, f"ip-proto-{nexthdr}")
+    p.ip_proto = nexthdr
+    p.proto = IPPROTO_NAMES.get(nexthdr) or f"ip-proto-{nexthdr}"
     if nexthdr in _IPV6_EXT:
-        out["truncated"] = True  # more extension headers than pktpath walks
-    elif not out.get("fragment"):
-        _upper(data, offset, nexthdr, out)
+        p.truncated = True  # more extension headers than pktpath walks
+        return None
+    return None if p.fragment else _upper(data, offset, nexthdr, p)
 
 
-def _upper(data: bytes, offset: int, proto: int, out: dict[str, object]) -> None:
-    if proto in (1, 58):
-        icmp = _take(data, offset, 4)
-        out["icmp_type"], out["icmp_code"] = icmp[0], icmp[1]
-        if echo_kind(proto, icmp[0]):
-            echo = _take(data, offset + 4, 4)
-            out["icmp_id"], out["icmp_seq"] = struct.unpack(">HH", echo)
+def _upper(data: bytes, offset: int, proto: int, p: Packet) -> int | None:
+    if proto == 17:
+        p.sport, dport, udp_len = _UDP.unpack_from(data, offset)
+        p.dport = dport
+        p.payload_len = max(udp_len - 8, 0)
+        if dport in VXLAN_PORTS:
+            vxlan = data[offset + 8:offset + 16]
+            if len(vxlan) == 8 and vxlan[0] & 0x08:
+                return offset + 8
     elif proto == 6:
-        ports = _take(data, offset, 4)
-        out["sport"], out["dport"] = struct.unpack(">HH", ports)
-        tcp = _take(data, offset, 14)
-        out["tcp_seq"], out["tcp_ack"] = struct.unpack(">II", tcp[4:12])
-        out["tcp_flags"] = tcp[13]
-    elif proto == 17:
-        ports = _take(data, offset, 4)
-        out["sport"], out["dport"] = struct.unpack(">HH", ports)
-        udp_len = int.from_bytes(_take(data, offset + 4, 2), "big")
-        out["payload_len"] = max(udp_len - 8, 0)
-        vxlan = data[offset + 8:offset + 16]
-        if out["dport"] in VXLAN_PORTS and len(vxlan) == 8 and vxlan[0] & 0x08:
-            out["_inner"] = offset + 8
+        p.sport, p.dport, p.tcp_seq, p.tcp_ack, p.tcp_flags = _TCP.unpack_from(data, offset)
+    elif proto in (1, 58):
+        p.icmp_type, p.icmp_code = _ICMP.unpack_from(data, offset)
+        if echo_kind(proto, p.icmp_type):
+            _type, _code, p.icmp_id, p.icmp_seq = _ECHO.unpack_from(data, offset)
+    return None
 
 
-def _arp(data: bytes, offset: int, out: dict[str, object]) -> None:
-    out["family"] = "arp"
+def _arp(data: bytes, offset: int, p: Packet) -> None:
+    p.family = "arp"
     hdr = _take(data, offset, 8)
-    out["arp_op"] = int.from_bytes(hdr[6:8], "big")
+    p.arp_op = int.from_bytes(hdr[6:8], "big")
     hln, pln = hdr[4], hdr[5]
     body = _take(data, offset + 8, 2 * hln + 2 * pln)
-    out["arp_sha"] = _mac(body[0:hln])
+    p.arp_sha = _mac(body[0:hln])
     if pln == 4:
-        out["src"] = _ip4(body[hln:hln + 4])
-        out["dst"] = _ip4(body[2 * hln + 4:2 * hln + 8])
+        p.src = _ip4(body[hln:hln + 4])
+        p.dst = _ip4(body[2 * hln + 4:2 * hln + 8])
 
 
 def from_flow(data: bytes) -> Packet:

@@ -101,6 +101,9 @@ class DropReasons(Mapping[int, str]):
         return len(self._read())
 
 
+NAMED_MEMORY = 4096  # code addresses whose names a Symbols remembers
+
+
 class Symbols:
     """Kernel text symbols from /proc/kallsyms, to name code addresses (``sym+0xoff``)."""
 
@@ -119,13 +122,18 @@ class Symbols:
         entries.sort()
         self._addresses = [a for a, _ in entries]
         self._names = [n for _, n in entries]
+        self._named: dict[int, str] = {}  # name()'s answers: a flood frees at few places
 
     def name(self, address: int) -> str:
         """``function+0xoffset``, or the address in hex when it cannot be named."""
-        i = bisect.bisect_right(self._addresses, address) - 1
-        if i < 0 or not address:
-            return f"0x{address:x}"
-        return f"{self._names[i]}+0x{address - self._addresses[i]:x}"
+        named = self._named.get(address)
+        if named is None:
+            i = bisect.bisect_right(self._addresses, address) - 1
+            named = (f"0x{address:x}" if i < 0 or not address
+                     else f"{self._names[i]}+0x{address - self._addresses[i]:x}")
+            if len(self._named) < NAMED_MEMORY:
+                self._named[address] = named
+        return named
 
     def function(self, address: int) -> str | None:
         """The function containing address, or None."""

@@ -27,7 +27,7 @@ MAX_BATCH = 8192  # records taken from the ring buffer per poll
 DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see RawEvent
 class Hop:
     """One packet seen on one interface at one hook (or freed, with its fate)."""
 
@@ -58,24 +58,30 @@ def hop_from_record(record: bytes, judge: FateJudge | None = None,
                                                              event.protocol)
     since = since_first(event, packet) if since_first is not None else None
     if judge is None:
-        return Hop(event, packet, since_first_ns=since)
-    if event.hook in (Hook.FIB_TABLE_LOOKUP, Hook.FIB6_TABLE_LOOKUP):
+        return Hop(event, packet, None, since)
+    hook = event.hook
+    if hook in _ROUTE_LOOKUPS:
         judge.route_lookup(event.cpu, event.time_ns, packet, event.location, event.reason,
                            event.ifname, event.nexthop)
         return None
-    if event.hook == Hook.ICMP_SEND:
+    if hook == _ICMP_SEND:
         judge.icmp_sent(event.skb, packet, event.reason, event.location)
         return None
     route = judge.route_of(event.cpu, event.time_ns, packet)
-    if event.hook == Hook.KFREE_SKB:
+    if hook == _KFREE_SKB:
         fate = judge.judge(packet, event.reason, event.location, event.stack, event.skb,
                            event.nexthop, route)
         if fate.consumed:
             return None  # as newer kernels, which report it at consume_skb (not shown)
         return Hop(event, packet, fate, since, route)
     judge.observe(packet)
-    return Hop(event, packet, None, since,
-               route if event.hook == Hook.NET_DEV_QUEUE else None)
+    return Hop(event, packet, None, since, route if hook == _NET_DEV_QUEUE else None)
+
+
+# the hooks as plain ints: comparing an int with an IntEnum member costs more, per event
+_ROUTE_LOOKUPS = frozenset({int(Hook.FIB_TABLE_LOOKUP), int(Hook.FIB6_TABLE_LOOKUP)})
+_ICMP_SEND, _KFREE_SKB, _NET_DEV_QUEUE = (int(Hook.ICMP_SEND), int(Hook.KFREE_SKB),
+                                          int(Hook.NET_DEV_QUEUE))
 
 
 class Tracer:
