@@ -319,11 +319,12 @@ def main() -> int:
     for kind, rates in results.items():
         unit = "packets/s" if kind == "udp" else "MB/s"
         scale = 1.0 if kind == "udp" else 1e-6
-        print(f"\n{kind:<14}{unit:>14}{'ratio':>8}")
+        width = max(14, *(len(mode) + 1 for mode in rates))
+        print(f"\n{kind:<{width}}{unit:>14}{'ratio':>8}")
         base = rates["untraced"]
         for mode, values in rates.items():
             ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
-            print(f"{mode:<14}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}")
+            print(f"{mode:<{width}}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}")
     for mode, runs in memory.items():
         rss = statistics.median(r["peak_rss_kib"] for r in runs) / 1024
         maps = statistics.median(r["map_kib"] for r in runs) / 1024

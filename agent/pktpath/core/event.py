@@ -260,14 +260,17 @@ def _ifname(raw: bytes) -> str:
 
 def decode_event(record: bytes | memoryview) -> RawEvent:
     """Decode one ring-buffer record; raises ValueError when it is shorter than the header."""
-    if len(record) < DATA_OFFSET:
-        raise ValueError(f"event record of {len(record)} bytes, expected at least {DATA_OFFSET}")
-    (time_ns, skb, packet, conn, traces, location, netns, ifindex, length, cpu, reason, ct_mark,
-     cap_len, protocol, vlan_tci, vlan_proto, ct_zone, hook, flags, ct_state, ct_nat, _pad,
-     nexthop, ifname) = _HEADER.unpack_from(record)
+    try:
+        (time_ns, skb, packet, conn, traces, location, netns, ifindex, length, cpu, reason,
+         ct_mark, cap_len, protocol, vlan_tci, vlan_proto, ct_zone, hook, flags, ct_state,
+         ct_nat, _pad, nexthop, ifname) = _HEADER.unpack_from(record)
+    except struct.error:
+        raise ValueError(f"event record of {len(record)} bytes, expected at least "
+                         f"{DATA_OFFSET}") from None
     stack = (tuple(itertools.takewhile(bool, _STACK.unpack_from(record, _STACK_OFFSET)))
              if hook == _KFREE_SKB else _NO_STACK)
-    cap_len = min(cap_len, SNAPLEN, len(record) - DATA_OFFSET)
+    # data: cap_len bytes, at most SNAPLEN, as far as the record goes (a slice stops there)
+    data = bytes(record[DATA_OFFSET:DATA_OFFSET + (cap_len if cap_len < SNAPLEN else SNAPLEN)])
     vlan = flags & _VLAN
     # protocol and vlan_proto: network order in the kernel, read little-endian: swapped
     return RawEvent(
@@ -276,6 +279,6 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
         hook,
         (flags & _L2) != 0, (flags & _FLOW) != 0,
         _ifname(ifname),
-        bytes(record[DATA_OFFSET:DATA_OFFSET + cap_len]),
+        data,
         location, reason, stack, nexthop, packet, (flags & _FIRST) != 0, conn, traces,
         _CT_STATE[ct_state], ct_zone, ct_mark, _CT_NAT[ct_nat & 3])
