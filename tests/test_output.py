@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -178,3 +179,44 @@ def test_any_record_is_written_as_valid_json_and_a_line(
         assert (obj["skb"], obj["packet"]) == (f"0x{skb:016x}", f"0x{packet:016x}")
         assert obj["ifname"] == hop.event.ifname
         assert formatter(False)(hop).startswith("[")  # and no error
+
+
+def test_a_reads_lines_are_written_at_once_in_order_before_a_gap() -> None:
+    import io
+    import threading
+
+    from pktpath.cli.stream import run
+
+    hop = hop_from_record(record(eth(0x0800) + ipv4(1, ECHO)))
+
+    class Reads:
+        """Two reads of three hops, each followed by 2 events lost (stopping: each tick then
+        checks for losses)."""
+
+        lost_now = 0
+
+        def follow(self, stop: threading.Event, on_hop: Any, tick: Any) -> None:
+            stop.set()
+            for _ in range(2):
+                for _ in range(3):
+                    on_hop(hop)
+                self.lost_now += 2
+                tick()
+
+        def lost(self) -> int:
+            return self.lost_now
+
+    class Out(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    out = Out()
+    result = run(Reads(), threading.Event(), out, io.StringIO(),  # type: ignore[arg-type]
+                 as_json=True)
+    kinds = ["gap" if '"gap"' in line else "hop" for line in out.getvalue().splitlines()]
+    assert kinds == ["hop"] * 3 + ["gap"] + ["hop"] * 3 + ["gap"]
+    assert out.writes == 4  # a write per read's lines and one per gap, not one per line
+    assert (result.shown, result.lost) == (6, 4)

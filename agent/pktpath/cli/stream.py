@@ -128,12 +128,15 @@ def run(
     fmt = formatter(as_json, latency, names, addresses)
     shown = reported_lost = 0
     next_check = time.monotonic() + LOSS_CHECK_SECONDS
+    # a read's lines, written at once after it: one write per read, not per line, however out
+    # is buffered (PYTHONUNBUFFERED, set in many container images, makes each line a syscall)
+    lines: list[str] = []
 
     def write(hop: Hop) -> bool:
         nonlocal shown
         if annotate is not None:
             hop = annotate(hop)
-        out.write(fmt(hop) + "\n")
+        lines.append(fmt(hop))
         if on_hop is not None:
             on_hop(hop)
         shown += 1
@@ -142,8 +145,16 @@ def run(
             return True
         return False
 
+    def emit() -> None:
+        if lines:
+            lines.append("")
+            out.write("\n".join(lines))
+            lines.clear()
+        out.flush()
+
     def tick() -> int:
         nonlocal next_check, reported_lost
+        emit()
         if time.monotonic() >= next_check or stop.is_set():
             next_check = time.monotonic() + LOSS_CHECK_SECONDS
             lost = tracer.lost()
@@ -154,7 +165,7 @@ def run(
         return 100
 
     tracer.follow(stop, write, tick)
-    out.flush()
+    emit()
     lost = tracer.lost()
     if as_json and lost > reported_lost:
         gap(out, err, as_json, lost - reported_lost, lost)

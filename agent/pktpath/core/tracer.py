@@ -109,6 +109,7 @@ class Tracer:
             trace_filter, hooks=hooks, hook_type=hook_type, ring_bytes=ring_bytes,
             map_entries=map_entries)
         self._pending: list[bytes] = []
+        self._taken = 0  # records the last read took
         self._rb = 0
         self._judge: FateJudge | None = None
         self._since_first = SinceFirst()
@@ -159,6 +160,7 @@ class Tracer:
 
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []
+        self._taken = len(batch)
         hops = (hop_from_record(record, self._judge, self._since_first) for record in batch)
         return [hop for hop in hops if hop is not None]
 
@@ -180,7 +182,7 @@ class Tracer:
             for hop in hops:
                 if on_hop(hop):
                     return
-            if stopping and (len(hops) < MAX_BATCH or time.monotonic() >= stop_by):
+            if stopping and (self._taken < MAX_BATCH or time.monotonic() >= stop_by):
                 return  # drained (or a flood goes on: stop anyway)
             if tick is not None:
                 wait_ms = tick()
