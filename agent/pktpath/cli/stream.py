@@ -150,7 +150,6 @@ def run(
             lines.append("")
             out.write("\n".join(lines))
             lines.clear()
-        out.flush()
 
     def tick() -> int:
         nonlocal next_check, reported_lost
@@ -166,6 +165,7 @@ def run(
 
     tracer.follow(stop, write, tick)
     emit()
+    out.flush()
     lost = tracer.lost()
     if as_json and lost > reported_lost:
         gap(out, err, as_json, lost - reported_lost, lost)

@@ -219,11 +219,7 @@ def json_line(hop: Hop, rewrite: Rewrite | None = None,
     vlan = e.vlan_tci & 0x0FFF if e.vlan_tci is not None else (p.vlans[0] if p.vlans else None)
     if vlan is not None:
         line += f',"vlan":{vlan}'
-    if p.proto is not None and p.src is not None and p.ttl is not None and not addresses:
-        # an IP packet's usual keys at once (_addresses writes each when it applies)
-        line += f',"proto":"{p.proto}","src":"{p.src}","dst":"{p.dst}","ttl":{p.ttl}'
-    else:
-        line += _addresses(p, addresses)
+    line += _addresses(p, addresses)
     if p.sport is not None:
         line += f',"sport":{p.sport},"dport":{p.dport}'
     if p.tcp_flags is not None:
