@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import (
@@ -326,8 +326,9 @@ class Probes:
 
     # -- reading -------------------------------------------------------------------------
 
-    def ring_buffer(self, on_record: Callable[[int, int], int]) -> int:
-        """A libbpf ring_buffer calling on_record(address, size) for each event."""
+    def ring_buffer(self, on_record: Callable[[Any, Any, int], int]) -> int:
+        """A libbpf ring_buffer calling on_record(ctx, data, size) for each event
+        (:meth:`Libbpf.ring_buffer`)."""
         rb, cb = self._bpf.ring_buffer(self.maps.events, on_record)
         self._rings.append((rb, cb))
         return rb

@@ -5,13 +5,13 @@ Knows nothing of terminals or Kubernetes; the CLI and the agent call :meth:`Trac
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import Counter, Hook, RawEvent, decode_event
@@ -139,8 +139,8 @@ class Tracer:
         """Which hooks attached, with which program type."""
         return self._probes.report
 
-    def _on_record(self, data: int, size: int) -> int:
-        self._pending.append(ctypes.string_at(data, size))
+    def _on_record(self, _ctx: object, data: Any, size: int) -> int:
+        self._pending.append(data[:size])  # a copy: the ring's space is reused after
         # a flood refills the ring as fast as it is read: stop at a batch, so memory stays
         # bounded and the caller gets control back (libbpf keeps the record, returns this)
         return -errno.E2BIG if len(self._pending) >= MAX_BATCH else 0

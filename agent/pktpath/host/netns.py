@@ -8,7 +8,6 @@ thread that calls setns(2): the calling thread and the rest of the process never
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import socket
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pktpath.core.errors import PktpathError, UsageError
+from pktpath.core.libbpf import open_library
 
 RUN_NETNS = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -126,7 +126,7 @@ def run_in(path: str, func: Callable[[], T]) -> T:
 
 
 def _setns(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = open_library(None, "libc.so.6", "c")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
