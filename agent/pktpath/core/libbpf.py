@@ -18,9 +18,10 @@ from pktpath.core.errors import PktpathError
 _c_void_p = ctypes.c_void_p
 
 # int (*)(void *ctx, void *data, size_t size); data as a char pointer: data[:size] copies the
-# record in one step (ctypes.string_at, a foreign call, cost ~3 times more per record)
-RecordPointer = ctypes.POINTER(ctypes.c_char)
-RingBufferCallback = ctypes.CFUNCTYPE(ctypes.c_int, _c_void_p, RecordPointer, ctypes.c_size_t)
+# record in one step (with an address and ctypes.string_at, a foreign call per record, the
+# read took 1.3-1.6 times as long: bench/consumer.py)
+_RecordPointer = ctypes.POINTER(ctypes.c_char)
+RingBufferCallback = ctypes.CFUNCTYPE(ctypes.c_int, _c_void_p, _RecordPointer, ctypes.c_size_t)
 # int (*)(enum libbpf_print_level level, const char *fmt, va_list ap)
 _PrintCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, _c_void_p)
 

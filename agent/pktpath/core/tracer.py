@@ -142,7 +142,8 @@ class Tracer:
     def _on_record(self, _ctx: object, data: Any, size: int) -> int:
         self._pending.append(data[:size])  # a copy: the ring's space is reused after
         # a flood refills the ring as fast as it is read: stop at a batch, so memory stays
-        # bounded and the caller gets control back (libbpf keeps the record, returns this)
+        # bounded and the caller gets control back (this record is kept; libbpf stops there
+        # and returns this)
         return -errno.E2BIG if len(self._pending) >= MAX_BATCH else 0
 
     def poll(self, timeout_ms: int = 100) -> list[Hop]:
