@@ -22,14 +22,21 @@ uname -r > "$out/kernel"
 run_feature() {
   CI=true timeout 900 "$python" -m pytest -p no:cacheprovider -q -x -o timeout=840 "$1"
 }
+# but a feature tests/kernels/expected says this kernel lacks is tried once: it may fail, and
+# a second try only spends the guest's time (on a slower machine the matrix's 2400 s ran out)
+kernel=$(basename "$out")
+lacks() { awk -v k="$kernel" -v f="$1" '!/^#/ && $1 == k && $2 == f {found = 1}
+                                        END {exit !found}' tests/kernels/expected; }
 grep -v '^#' tests/kernels/features | while read -r name test; do
   [ -n "$name" ] || continue
   [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
-  if run_feature "$test" > "$out/$name.log" 2>&1 || run_feature "$test" >> "$out/$name.log" 2>&1; then
+  if run_feature "$test" > "$out/$name.log" 2>&1 ||
+     { ! lacks "$name" && run_feature "$test" >> "$out/$name.log" 2>&1; }; then
     echo "$name passed" >> "$out/results"
   else
     echo "$name failed" >> "$out/results"
     cp -rL /tmp/pytest-of-*/pytest-current "$out/$name.tmp" 2>/dev/null  # logs of what ran
   fi
+  sync  # the host sees this feature's log even if the guest is killed (time out) later
 done
 echo done >> "$out/results"
