@@ -40,7 +40,7 @@ def main(results: str, kernels: list[str]) -> int:
             else:
                 outcome[kernel, feature] = "FAILED"
                 regressions.append(f"{feature} on {kernel} ({result}; see "
-                                   f"{os.path.join(results, kernel, feature + '.log')})")
+                                   f"{os.path.join(results, kernel, 'pytest.log')})")
     for feature in features:
         print(f"{feature:<{width}}" + "".join(f"{outcome[k, feature]:<12}" for k in kernels))
     notes = sorted({f"{k} {f}: {why}" for (k, f), why in lacking.items() if k in kernels})
