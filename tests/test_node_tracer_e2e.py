@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from conftest import SLOWDOWN
 from netlab import Netlab, docker_like
 from pktpath.core.tracer import Hop
 from pktpath.k8s.node_tracer import NodeTracer
@@ -32,6 +34,11 @@ def collect(sub: Any, stop: threading.Event, into: list[Hop]) -> threading.Threa
     return thread
 
 
+def echoes_of(hops: list[Hop]) -> list[tuple[int, str, int | None]]:
+    return [(h.event.netns, h.event.ifname, h.packet.icmp_type) for h in list(hops)
+            if h.packet.icmp_type in (0, 8) and h.fate is None]
+
+
 def test_each_trace_gets_the_hops_of_its_addresses_and_only_those(
         lab: Netlab, e2e: None) -> None:
     net = docker_like(lab, 90)
@@ -50,15 +57,19 @@ def test_each_trace_gets_the_hops_of_its_addresses_and_only_those(
     threads = [collect(sub, stop, hops[name])
                for name, sub in (("first", first), ("second", second), ("third", third))]
     net.host.sh("ping", "-c2", "-i0.2", "-W1", net.container_addr)
+    # the node's reader hands hops on from its own thread: on a slow (emulated) kernel they
+    # came after the ping had ended and the traces had been stopped
+    deadline = time.monotonic() + 10 * SLOWDOWN
+    while (len(echoes_of(hops["first"])) < 12 or len(echoes_of(hops["third"])) < 12) and (
+            time.monotonic() < deadline):
+        time.sleep(0.1)
     stop.set()
     for thread in threads:
         thread.join(5)
 
-    echoes = [(h.event.netns, h.event.ifname, h.packet.icmp_type) for h in hops["first"]
-              if h.packet.icmp_type in (0, 8) and h.fate is None]
+    echoes = echoes_of(hops["first"])
     assert len(echoes) == 2 * 6, "2 requests and 2 replies at docker0, the veth and eth0"
-    assert [(h.event.netns, h.event.ifname, h.packet.icmp_type) for h in hops["third"]
-            if h.packet.icmp_type in (0, 8) and h.fate is None] == echoes
+    assert echoes_of(hops["third"]) == echoes
     assert hops["second"] == []
     for sub in (first, second):
         sub.close()
