@@ -28,11 +28,11 @@ uname -r > "$out/kernel"
 : > "$out/results"
 : > "$out/pytest.log"
 declare -A test_of
-names=()
+names=() tests=()
 while read -r name test; do
   [ -n "$name" ] && [[ $name != \#* ]] || continue
   [ -z "$only" ] || [[ ",$only," == *",$name,"* ]] || continue
-  names+=("$name") && test_of[$name]=$test
+  names+=("$name") && tests+=("$test") && test_of[$name]=$test
 done < tests/kernels/features
 # a test may take several times its usual 300 s here (tcpdump expressions: 160 s in 6.1 under
 # TCG); -rA names every test's outcome in the log, --durations the time each took
@@ -44,9 +44,7 @@ passed() { grep -qxF "PASSED ${test_of[$1]}" "$out/pytest.log"; }
 # a feature tests/kernels/expected says this kernel lacks may fail: it is not tried again
 lacks() { awk -v k="$kernel" -v f="$1" '!/^#/ && $1 == k && $2 == f {found = 1}
                                         END {exit !found}' tests/kernels/expected; }
-first=()
-for name in "${names[@]}"; do first+=("${test_of[$name]}"); done
-run_session "${first[@]}"
+run_session "${tests[@]}"
 again=()
 for name in "${names[@]}"; do passed "$name" || lacks "$name" || again+=("${test_of[$name]}"); done
 if [ ${#again[@]} -gt 0 ]; then
