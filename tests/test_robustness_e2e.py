@@ -3,6 +3,7 @@ tracing, SIGKILL, least privilege."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,11 +18,14 @@ import pytest
 from badframes import frames
 from conftest import REPO, need, rss_mib
 from netlab import Netlab, docker_like
+from pktpath.core import loader
 from pktpath.core.errors import PktpathError
 from pktpath.core.expression import compile_expression
 from pktpath.core.filters import TraceFilter, parse_host
+from pktpath.core.libbpf import LibbpfError
 from pktpath.core.loader import Probes
 from pktpath.core.packet import decode
+from pktpath.core.symbols import tracepoint_args
 from pktpath.core.translate import INSN
 from test_trace_e2e import hop, loaded_programs, programs_gone
 
@@ -181,6 +185,68 @@ def test_programs_loading_in_the_background_are_closed_or_their_error_raised(e2e
     with pytest.raises(PktpathError, match=r"/nonexistent/pktpath\.bpf\.o is missing"):
         missing.open()
     missing.close()
+
+
+def test_a_tp_btf_load_assumes_current_tracepoints_and_reads_the_btf_only_if_refused(
+        e2e: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tp_btf programs are verified against the kernel's tracepoints, so the first load
+    assumes what current kernels pass and reads no BTF; raw_tp programs are checked only when
+    they attach, so their choice reads it first."""
+    reads: list[list[str]] = []
+
+    def counted(lib: Any, names: list[str]) -> dict[str, int | None]:
+        reads.append(names)
+        return tracepoint_args(lib, names)
+
+    monkeypatch.setattr(loader, "tracepoint_args", counted)
+    host = TraceFilter(hosts=(parse_host("10.200.33.9"),))
+    with Probes.for_filter(host, hook_type="tp_btf") as probes:
+        assert {s.hook_type for s in probes.report.hooks} == {"tp_btf"}
+    assert reads == []
+    with Probes.for_filter(host, hook_type="raw_tp") as probes:
+        assert {s.hook_type for s in probes.report.hooks} == {"raw_tp"}
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("lie, program, note, error", [
+    # a kernel before 5.17: kfree_skb passes no reason
+    ({"kfree_skb": 2}, "kfree_skb_noreason", "drop reasons are not named", None),
+    # a kernel without the tracepoint
+    ({"icmp_send": None}, None, None, "this kernel has no tracepoint icmp_send"),
+])
+def test_a_tp_btf_load_refused_for_an_assumed_tracepoint_loads_the_programs_that_fit(
+        e2e: None, monkeypatch: pytest.MonkeyPatch, lie: dict[str, int | None],
+        program: str | None, note: str | None, error: str | None) -> None:
+    """When the kernel refuses the assumed programs and its BTF says a tracepoint differs,
+    tp_btf is loaded again with the programs that fit (the older one, or none for a missing
+    tracepoint) before raw_tp is tried. This kernel passes every argument: the BTF read and
+    the verifier's refusal of the first load are altered here (the kernel matrix has the
+    real older kernels)."""
+    monkeypatch.setattr(loader, "tracepoint_args",
+                        lambda lib, names: {**tracepoint_args(lib, names), **lie})
+    loaded: list[tuple[str, bool]] = []
+    load = Probes._load
+
+    def refuse_first(self: Probes, hook_type: str, *, quiet: bool) -> None:
+        loaded.append((hook_type, "tp_btf_kfree_skb" in self._wanted(hook_type)))
+        if len(loaded) == 1:
+            raise LibbpfError(f"loading {hook_type} programs: Invalid argument", errno.EINVAL)
+        load(self, hook_type, quiet=quiet)
+
+    monkeypatch.setattr(Probes, "_load", refuse_first)
+    before = {p["id"] for p in loaded_programs()}
+    with Probes.for_filter(TraceFilter(hosts=(parse_host("10.200.33.9"),))) as probes:
+        hook = next(s for s in probes.report.hooks if s.hook.tracepoint in lie)
+        assert (hook.program, hook.error) == (program, error)
+        assert (hook.note is None) if note is None else note in (hook.note or "")
+        attached = {s.hook.tracepoint for s in probes.report.attached}
+        assert attached == {"net_dev_queue", "netif_receive_skb", "kfree_skb", "icmp_send",
+                            "consume_skb"} - ({"icmp_send"} if error else set())
+        assert {s.hook_type for s in probes.report.attached} == {"tp_btf"}
+        assert probes.report.fallback_reason is None
+        assert loaded == [("tp_btf", True), ("tp_btf", program is None)]
+        ours = [p for p in loaded_programs() if p["id"] not in before]
+        assert len(ours) == len(attached)
 
 
 def test_a_refused_program_is_refused_with_the_verifiers_words(e2e: None) -> None:

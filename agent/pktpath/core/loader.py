@@ -31,7 +31,7 @@ from pktpath.core.event import (
     Hook,
     addr_hash,
 )
-from pktpath.core.hooks import DEFAULT_HOOKS, choose_program
+from pktpath.core.hooks import BY_HOOK, DEFAULT_HOOKS, choose_program
 from pktpath.core.libbpf import Libbpf, LibbpfError
 from pktpath.core.symbols import tracepoint_args
 from pktpath.core.translate import INSN, find_region
@@ -144,6 +144,8 @@ class Probes:
         self.report = LoadReport()
         self._opening: threading.Thread | None = None  # open() running in the background
         self._open_error: BaseException | None = None
+        self._chosen = False  # the programs were chosen by the kernel's tracepoints
+        self._prepared: str | None = None  # the program type the opened object is set up for
 
     @classmethod
     def for_filter(cls, trace_filter: TraceFilter, *, hooks: Iterable[Hook] = DEFAULT_HOOKS,
@@ -176,15 +178,22 @@ class Probes:
     # -- loading -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin :meth:`open` in a thread: the kernel verifies the programs (most of a start)
-        while the caller does other work, such as importing what reads the events. The
-        :meth:`open` that follows waits for it and raises what it raised."""
+        """Begin :meth:`open`: the first object is opened and configured here (a few ms of
+        Python, while the interpreter is free), then the kernel verifies its programs (most
+        of a start, in C) in a thread while the caller does other work, such as importing
+        what reads the events. The :meth:`open` that follows waits for it and raises what it
+        raised."""
         def run() -> None:
             try:
-                self._open()
+                self._finish(types)
             except BaseException as exc:  # handed to open() in the caller's thread
                 self._open_error = exc
 
+        try:
+            types = self._begin()
+        except BaseException as exc:
+            self._open_error = exc
+            return
         self._opening = threading.Thread(target=run, name="pktpath-load", daemon=True)
         self._opening.start()
 
@@ -195,33 +204,63 @@ class Probes:
 
     def open(self) -> None:
         """Open, configure, load and attach; raise PktpathError when nothing could attach."""
-        if self._opening is None:
-            self._open()
+        if self._opening is None and self._open_error is None:
+            self._finish(self._begin())
             return
         self._wait_opening()
         error, self._open_error = self._open_error, None
         if error is not None:
             raise error
 
-    def _open(self) -> None:
+    def _begin(self) -> tuple[str, ...]:
+        """Open and configure the object for the first program type to try (tp_btf: with
+        the programs current kernels take). The program types to try."""
         if not os.path.exists(self._path):
             raise PktpathError(f"the BPF object {self._path} is missing: reinstall pktpath "
                                "(or run 'make -C bpf' in a source checkout)")
-        self._choose_programs()
         types = HOOK_TYPES if self._hook_type == "auto" else (self._hook_type,)
+        self._choose_programs(None)
+        if types[0] == "tp_btf":
+            self._prepare(types[0])
+        return types
+
+    def _finish(self, types: tuple[str, ...]) -> None:
+        """Load (the first type as _begin prepared it) and attach."""
+        self._attach(self._load_first(types))
+
+    def _load_first(self, types: tuple[str, ...]) -> str:
+        """Load the first program type the kernel accepts.
+
+        Which program fits a hook depends on its tracepoint's arguments, read from the
+        kernel's BTF (~15 ms, a tenth of a start). A tp_btf load does without: it assumes what
+        current kernels pass, and the verifier refuses a program that reads an argument its
+        tracepoint lacks (or a tracepoint the kernel lacks). Only then, and before a raw_tp
+        load (whose arguments the kernel checks only when it attaches), are they read: a load
+        the assumption made fail is tried again with the programs that fit."""
         refused: list[tuple[str, LibbpfError]] = []
-        for hook_type in types:
+        pending = list(types)
+        while pending:
+            hook_type = pending[0]
+            if hook_type != "tp_btf" and not self._chosen:
+                self._choose_programs(self._tracepoint_args())
             try:
                 self._load(hook_type, quiet=True)
             except LibbpfError as err:
                 self._close_object()
+                if not self._chosen:
+                    assumed = self._wanted(hook_type)
+                    self._choose_programs(self._tracepoint_args())
+                    if self._wanted(hook_type) != assumed:
+                        continue  # the same type again, with the programs that fit
+                pending.pop(0)
                 refused.append((hook_type, err))
                 self.report.fallback_reason = f"{hook_type}: {_reason(err)}"
                 continue
-            break
-        else:
-            raise _refusal([(kind, self._said(kind, err)) for kind, err in refused])
-        self._attach(hook_type)
+            return hook_type
+        raise _refusal([(kind, self._said(kind, err)) for kind, err in refused])
+
+    def _tracepoint_args(self) -> dict[str, int | None]:
+        return tracepoint_args(self._bpf, [h.tracepoint for h in self._hooks])
 
     def _said(self, hook_type: str, err: LibbpfError) -> LibbpfError:
         """A refusal again, with what libbpf and the verifier said (a quiet load drops it):
@@ -233,21 +272,39 @@ class Probes:
         self._close_object()
         return err
 
-    def _choose_programs(self) -> None:
+    def _choose_programs(self, args: Mapping[str, int | None] | None) -> None:
         """Per hook, the program the running kernel's tracepoint fits (by its arguments), or
-        why none: a kernel without the tracepoint, or with fewer arguments than pktpath reads."""
-        args = tracepoint_args(self._bpf, [h.tracepoint for h in self._hooks])
+        why none: a kernel without the tracepoint, or with fewer arguments than pktpath reads.
+        args None: assume each tracepoint passes what the newest program reads."""
+        self._chosen = args is not None
+        self.report.hooks = []
         for hook in self._hooks:
-            choice = choose_program(hook, args.get(hook.tracepoint))
+            passed = BY_HOOK[hook].args if args is None else args.get(hook.tracepoint)
+            choice = choose_program(hook, passed)
             self.report.hooks.append(HookStatus(hook, error=choice.error, program=choice.program,
                                                 note=choice.note))
 
+    def _wanted(self, hook_type: str) -> set[str]:
+        """The names of the programs the chosen ones are, as hook_type programs."""
+        return {f"{hook_type}_{s.program}" for s in self.report.hooks if s.program}
+
     def _load(self, hook_type: str, *, quiet: bool) -> None:
+        """Load the object (opened and configured for hook_type first, unless it is)."""
+        obj = self._obj if self._obj and self._prepared == hook_type else self._prepare(hook_type)
+        self._prepared = None
+        self._bpf.take_log()
+        self._bpf.load_object(obj, f"loading {hook_type} programs", quiet=quiet)
+        self._maps = Maps.of(self._bpf, obj)
+
+    def _prepare(self, hook_type: str) -> int:
+        """Open the object and configure it for the chosen hook_type programs: which load,
+        the filter, the expression, the maps' sizes. Returns it."""
         bpf = self._bpf
         lib = bpf.lib
-        self._obj = bpf.check_ptr(lib.bpf_object__open_file(self._path.encode(), None),
-                                  f"opening {self._path}")
-        wanted = {f"{hook_type}_{s.program}" for s in self.report.hooks if s.program}
+        self._close_object()
+        self._obj = obj = bpf.check_ptr(lib.bpf_object__open_file(self._path.encode(), None),
+                                        f"opening {self._path}")
+        wanted = self._wanted(hook_type)
         for prog in self._programs():
             name = lib.bpf_program__name(prog).decode()
             bpf.check_int(lib.bpf_program__set_autoload(prog, name in wanted), f"autoload {name}")
@@ -272,9 +329,8 @@ class Probes:
         for name, entries in map_entries.items():
             found = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), name)
             bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
-        bpf.take_log()
-        bpf.load_object(self._obj, f"loading {hook_type} programs", quiet=quiet)
-        self._maps = Maps.of(bpf, self._obj)
+        self._prepared = hook_type
+        return obj
 
     def _write_expression(self, prog: int, name: str) -> None:
         """Write the translated tcpdump expression into the program's reserved region."""
@@ -435,6 +491,7 @@ class Probes:
         self._close_object()
 
     def _close_object(self) -> None:
+        self._prepared = None
         if self._obj:
             self._bpf.lib.bpf_object__close(self._obj)
             self._obj = None
@@ -461,3 +518,4 @@ def _refusal(refused: list[tuple[str, LibbpfError]]) -> PktpathError:
 
 def _tail(log: str, lines: int = 30) -> str:
     return "\n".join(log.splitlines()[-lines:])
+

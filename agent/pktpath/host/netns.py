@@ -10,14 +10,16 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pktpath.core.errors import PktpathError, UsageError
 from pktpath.core.libbpf import open_library
+
+if TYPE_CHECKING:  # imported where used: `pktpath trace` starts without it (~4 ms)
+    import socket
 
 RUN_NETNS = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -139,11 +141,15 @@ def _setns(path: str) -> None:
 
 def interfaces(path: str) -> dict[int, str]:
     """Interface names by ifindex in the namespace at path."""
+    import socket
+
     return run_in(path, lambda: dict(socket.if_nameindex()))
 
 
 def socket_in(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket created inside the namespace at path (it stays there whoever uses it)."""
+    import socket
+
     if inode_of(path) == inode_of("/proc/self/ns/net"):
         return socket.socket(family, kind, proto)  # already there: no need to enter
     return run_in(path, lambda: socket.socket(family, kind, proto))
