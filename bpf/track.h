@@ -13,6 +13,8 @@
  * packet is followed through NAT, tunnels and clones. An entry older than TRACK_NS is stale
  * (the address may belong to another packet by now); frees remove theirs. */
 #define TRACK_NS 1000000000ULL
+/* A packet seen again with the same skb and buffer within this is not written again. */
+#define REFRESH_NS (TRACK_NS / 8)
 
 struct tracked_packet {
 	__u64 packet;
@@ -20,6 +22,7 @@ struct tracked_packet {
 	__u64 fingerprint; /* of its IP header; NAT keeps it, another packet does not */
 	__u64 conn;        /* its tracked connection (conns.h), 0 for none */
 	__u64 traces;      /* the agent's traces it is for (traces.h) */
+	__u64 head;        /* the data buffer it was last seen with */
 };
 
 struct {
@@ -74,7 +77,8 @@ static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 
 					 __u64 fingerprint, __u64 conn, __u64 traces)
 {
 	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
-				    .fingerprint = fingerprint, .conn = conn, .traces = traces };
+				    .fingerprint = fingerprint, .conn = conn, .traces = traces,
+				    .head = head };
 	__u64 key = (__u64)skb;
 
 	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
@@ -92,12 +96,15 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 {
 	__u64 key = (__u64)skb, now, packet, fingerprint;
 	struct tracked_packet *t;
+	bool by_skb = true;
 
 	if (!tracking_started)
 		return 0;
 	t = bpf_map_lookup_elem(&tracked, &key);
-	if (!t)
+	if (!t) {
 		t = bpf_map_lookup_elem(&tracked, &head);
+		by_skb = false;
+	}
 	if (!t)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -113,8 +120,8 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 	if (hook == PKTPATH_HOOK_KFREE_SKB) {
 		bpf_map_delete_elem(&tracked, &key);
 		bpf_map_delete_elem(&tracked, &head);
-	} else {
-		/* a clone may join; refresh */
+	} else if (!by_skb || t->head != head || now - t->last_ns > REFRESH_NS) {
+		/* a clone joined, its buffer moved, or its entries are ageing: write them */
 		track_packet(skb, head, packet, fingerprint, *conn, *traces);
 	}
 	return packet;
