@@ -3,8 +3,9 @@
 Each hook exists as a ``tp_btf`` and a ``raw_tp`` program (some also in a variant for kernels
 whose tracepoint passes fewer arguments: the kernel's BTF says which fits; a ``tp_btf`` load
 first assumes current kernels and reads the BTF only if refused). ``tp_btf`` is tried first;
-when the kernel refuses to load it, the object is loaded again with the ``raw_tp`` programs. A translated tcpdump expression is written into each program's reserved region
-before loading. A hook that cannot attach is reported and the others keep working. Everything
+when the kernel refuses to load it, the object is loaded again with the ``raw_tp`` programs.
+A translated tcpdump expression is written into each program's reserved region before
+loading. A hook that cannot attach is reported and the others keep working. Everything
 attached is owned by this process: closing the :class:`Probes` (or the process dying)
 detaches it.
 """
