@@ -40,6 +40,7 @@ from pktpath.core.filters import TraceFilter  # noqa: E402
 from pktpath.core.latency import SinceFirst  # noqa: E402
 from pktpath.core.libbpf import RingBufferCallback  # noqa: E402
 from pktpath.core.loader import Probes  # noqa: E402
+from pktpath.core.packet import Recent  # noqa: E402
 from pktpath.core.symbols import DropReasons, Symbols  # noqa: E402
 from pktpath.core.tracer import hop_from_record  # noqa: E402
 
@@ -91,6 +92,7 @@ def run(kind: str, ext: object, topo: Topology, flood: str, seconds: float,
         lib = probes._bpf.lib
         fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(probes._obj, b"events"))
         judge, since = FateJudge(DropReasons(probes.libbpf), symbols), SinceFirst()
+        packets = Recent()  # as the tracer decodes
         to_json = formatter(True)
         records: list[bytes] = []
         if kind == "ctypes":
@@ -112,7 +114,7 @@ def run(kind: str, ext: object, topo: Topology, flood: str, seconds: float,
                 hop_from_record(record)
 
         def write(batch: list[bytes]) -> None:
-            hops = (hop_from_record(record, judge, since) for record in batch)
+            hops = (hop_from_record(record, judge, since, packets) for record in batch)
             out.write("".join(to_json(hop) + "\n" for hop in hops if hop is not None))
 
         sender = threading.Thread(target=subprocess.run, args=(

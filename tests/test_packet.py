@@ -7,7 +7,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pktpath.core.event import DATA_OFFSET, EVENT_STRUCT, decode_event
-from pktpath.core.packet import Packet, decode, tcp_flags_text
+from pktpath.core.packet import Packet, Recent, decode, tcp_flags_text
 from pktpath.host.pinger import checksum
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -163,3 +163,16 @@ def test_flow_decoder_never_raises(data: bytes) -> None:
 
     p = from_flow(data)
     assert p.truncated or p.family in ("ipv4", "ipv6")
+
+
+@given(frames=st.lists(st.tuples(st.binary(max_size=80), st.booleans(), ethertypes),
+                       max_size=40))
+def test_recent_packets_decode_as_decode_does_and_each_once(
+        frames: list[tuple[bytes, bool, int]]) -> None:
+    """The tracer's decoder remembers the packets it decoded last (one packet comes at
+    several hooks in a row): the same fields as decode(), one Packet for the same bytes."""
+    recent = Recent(memory=8)
+    for data, l2, ethertype in frames + frames[-3:]:  # repeats: remembered or decoded anew
+        packet = recent(data, l2, ethertype)
+        assert packet == decode(data, l2, ethertype)
+        assert recent(data, l2, ethertype) is packet

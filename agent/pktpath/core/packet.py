@@ -129,6 +129,27 @@ def decode(data: bytes, l2: bool, ethertype: int) -> Packet:
     return p
 
 
+class Recent:
+    """decode() remembering the packets it decoded last: one packet is seen at several hooks
+    in a row (transmit, receive, free) with the same bytes, and decoded once. The packets it
+    returns are shared between hops: nothing changes a Packet once decoded."""
+
+    def __init__(self, memory: int = 256) -> None:
+        self._seen: dict[tuple[bytes, bool, int], Packet] = {}
+        self._memory = memory
+
+    def __call__(self, data: bytes, l2: bool, ethertype: int) -> Packet:
+        """What decode(data, l2, ethertype) returns."""
+        key = (data, l2, ethertype)
+        packet = self._seen.get(key)
+        if packet is None:
+            packet = decode(data, l2, ethertype)
+            if len(self._seen) >= self._memory:
+                self._seen.clear()  # cheaper than keeping an order; a flood refills it at once
+            self._seen[key] = packet
+        return packet
+
+
 class _Truncated(Exception):
     pass
 

@@ -20,7 +20,7 @@ from pktpath.core.filters import TraceFilter
 from pktpath.core.hooks import DEFAULT_HOOKS
 from pktpath.core.latency import SinceFirst
 from pktpath.core.loader import DEFAULT_RING_BYTES, LoadReport, Probes
-from pktpath.core.packet import Packet, decode, from_flow
+from pktpath.core.packet import Packet, Recent, decode, from_flow
 from pktpath.core.symbols import DropReasons, Symbols
 
 MAX_BATCH = 8192  # records taken from the ring buffer per poll
@@ -47,15 +47,17 @@ class Hop:
 
 
 def hop_from_record(record: bytes, judge: FateJudge | None = None,
-                    since_first: SinceFirst | None = None) -> Hop | None:
-    """Decode one ring-buffer record into a hop; with a judge, frees get their fate.
+                    since_first: SinceFirst | None = None,
+                    packets: Recent | None = None) -> Hop | None:
+    """Decode one ring-buffer record into a hop; with a judge, frees get their fate; with
+    packets, a packet seen at the previous hooks is not decoded again.
 
     An ICMP error the kernel sends and a routing lookup are not hops: the judge ties them to the
     packet's next transmit or free.
     """
     event = decode_event(record)
-    packet = from_flow(event.data) if event.flow else decode(event.data, event.l2,
-                                                             event.protocol)
+    packet = (from_flow(event.data) if event.flow
+              else (packets or decode)(event.data, event.l2, event.protocol))
     since = since_first(event, packet) if since_first is not None else None
     if judge is None:
         return Hop(event, packet, None, since)
@@ -113,6 +115,7 @@ class Tracer:
         self._rb = 0
         self._judge: FateJudge | None = None
         self._since_first = SinceFirst()
+        self._packets = Recent()
 
     def __enter__(self) -> Tracer:
         return self.open()
@@ -162,7 +165,8 @@ class Tracer:
     def _take_pending(self) -> list[Hop]:
         batch, self._pending = self._pending, []
         self._taken = len(batch)
-        hops = (hop_from_record(record, self._judge, self._since_first) for record in batch)
+        hops = (hop_from_record(record, self._judge, self._since_first, self._packets)
+                for record in batch)
         return [hop for hop in hops if hop is not None]
 
     def follow(self, stop: threading.Event, on_hop: Callable[[Hop], bool | None],
