@@ -3,8 +3,8 @@
 
 Starts `pktpath trace --host 10.200.99.99` (a filter matching nothing) from each checkout in
 turn, N rounds interleaved (these machines are noisy), and prints the median time from the
-process's start to its "tracing" line, with the range. Modules are compiled as `pip install`
-leaves them (the first round of each checkout writes them and is not counted).
+process's start to its "tracing" line, with the range. Each checkout's modules are compiled
+first, as `pip install` leaves them.
 
     sudo python3 bench/starts.py                               # this checkout, 21 starts
     sudo python3 bench/starts.py --rounds 31 /tmp/before .     # an earlier commit against this
@@ -18,28 +18,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMAND = ["-m", "pktpath", "trace", "--host", "10.200.99.99"]
-
-
-def start_once(python: str, checkout: str) -> float:
-    """Seconds from starting pktpath (from checkout's agent/) to its "tracing" line."""
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.abspath(checkout), "agent"))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    begin = time.monotonic()
-    proc = subprocess.Popen([python, *COMMAND], env=env, cwd="/", text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:
-            if "tracing" in line:
-                return time.monotonic() - begin
-        raise SystemExit(f"pktpath from {checkout} did not start: exit {proc.wait()}")
-    finally:
-        proc.terminate()
-        proc.wait()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import REPO
+from suite import baseline_command, started, stop
 
 
 def main() -> int:
@@ -50,12 +32,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
-    for checkout in args.checkouts:  # compiles its modules
-        start_once(args.python, checkout)
+    commands = {checkout: [*baseline_command(os.path.abspath(checkout), args.python),
+                           "--host", "10.200.99.99"] for checkout in args.checkouts}
+    for checkout in args.checkouts:
+        subprocess.run([args.python, "-m", "compileall", "-q", os.path.join(checkout, "agent")],
+                       check=False, stdout=subprocess.DEVNULL)
     took: dict[str, list[float]] = {checkout: [] for checkout in args.checkouts}
     for done in range(args.rounds):
-        for checkout in args.checkouts:
-            took[checkout].append(start_once(args.python, checkout) * 1000)
+        for checkout, command in commands.items():
+            proc, seconds = started(command, "tracing", os.devnull, cwd="/")
+            stop(proc)
+            took[checkout].append(seconds * 1000)
         print(f"round {done + 1}/{args.rounds}", file=sys.stderr, end="\r")
     print(file=sys.stderr)
     for checkout, ms in took.items():

@@ -170,12 +170,12 @@ def stop(proc: subprocess.Popen[str], memory: dict[str, list[dict[str, int]]] | 
         memory.setdefault(mode, []).append(json.loads(out.strip().splitlines()[-1]))
 
 
-def baseline_command(checkout: str) -> list[str]:
+def baseline_command(checkout: str, python: str = sys.executable) -> list[str]:
     """`trace` of an earlier pktpath checked out in checkout, run from its own source."""
     source = os.path.join(checkout, "agent")
     package = "pktpath" if os.path.isdir(os.path.join(source, "pktpath")) else "agent"
     return ["env", f"PYTHONPATH={source if package == 'pktpath' else checkout}",
-            sys.executable, "-m", package, "trace"]
+            python, "-m", package, "trace"]
 
 
 def netns_inode(name: str) -> str:

@@ -311,7 +311,7 @@ class Probes:
             bpf.check_int(lib.bpf_program__set_autoload(prog, name in wanted), f"autoload {name}")
             if self._expression and name in wanted:
                 self._write_expression(prog, name)
-        rodata = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b".rodata"),
+        rodata = bpf.check_ptr(lib.bpf_object__find_map_by_name(obj, b".rodata"),
                                "finding .rodata")
         size = ctypes.c_size_t()
         init = bpf.check_ptr(lib.bpf_map__initial_value(rodata, ctypes.byref(size)),
@@ -320,7 +320,7 @@ class Probes:
             raise PktpathError(f"the BPF object's config is {size.value} bytes, pktpath "
                                f"expects {len(self._config)}: reinstall pktpath")
         ctypes.memmove(init, self._config, len(self._config))
-        ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"events"), "events")
+        ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(obj, b"events"), "events")
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
         map_entries = dict(self._map_entries)
         if not any(s.hook == Hook.DROP_COUNT and s.program for s in self.report.hooks):
@@ -328,7 +328,7 @@ class Probes:
             # start milliseconds for nothing
             map_entries.setdefault("drop_counts", 1)
         for name, entries in map_entries.items():
-            found = bpf.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), name)
+            found = bpf.check_ptr(lib.bpf_object__find_map_by_name(obj, name.encode()), name)
             bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
         self._prepared = hook_type
         return obj
