@@ -60,6 +60,34 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
 	       : bpf_probe_read_kernel((dst), sizeof(*(dst)), (src)))
 
+/* A packet address as a number, as a global function's argument must be: under tp_btf a
+ * packet pointer is memory the verifier tracks, and it minus a null one of its kind is a
+ * number (pointer subtraction, which privileged programs may do). */
+#define ADDRESS(btf, p)                                                                   \
+	((btf) ? (__u64)((unsigned char *)(p) - (unsigned char *)bpf_rdonly_cast((void *)0, 0)) \
+	       : (__u64)(p))
+
+/* fn(l3, ethertype, arg, btf), a function of the packet whose network header is at l3, as a
+ * pair of global functions (one per way of reading packet memory) and name(), which calls
+ * the one for btf. The verifier checks a global function once per program, not once for
+ * every way a packet can reach it: that was most of a start's verifying. */
+#define PACKET_FUNCTION(name, fn)                                                        \
+	__noinline __u64 name##_btf(__u64 l3, __u32 ethertype, __u32 arg)                \
+	{                                                                                \
+		return fn((unsigned char *)l3, ethertype, arg, true);                    \
+	}                                                                                \
+	__noinline __u64 name##_raw(__u64 l3, __u32 ethertype, __u32 arg)                \
+	{                                                                                \
+		return fn((unsigned char *)l3, ethertype, arg, false);                   \
+	}                                                                                \
+	static __always_inline __u64 name(unsigned char *l3, __u16 ethertype, __u32 arg, \
+					  bool btf)                                      \
+	{                                                                                \
+		__u64 at = ADDRESS(btf, l3);                                             \
+                                                                                         \
+		return btf ? name##_btf(at, ethertype, arg) : name##_raw(at, ethertype, arg); \
+	}
+
 /* A field of a kernel struct: a direct load under tp_btf, a probe read under raw_tp.
  * `btf` is a constant at every call site, so only one arm is compiled. */
 #define READ(btf, ptr, field) ((btf) ? (ptr)->field : BPF_CORE_READ(ptr, field))

@@ -129,16 +129,17 @@ static __always_inline bool packet_flow(struct pktpath_flow *f, struct headers *
 	return flow_at(f, h->l3, h->ethertype, btf);
 }
 
-/* The connection this packet belongs to, 0 if none. */
-static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
+/* The connection of the packet at l3, 0 if none; with want_traces, its traces instead. */
+static __always_inline __u64 conn_lookup(unsigned char *l3, __u16 ethertype, __u32 want_traces,
+					 bool btf)
 {
+	struct headers h = { .l3 = l3, .ethertype = ethertype };
 	struct pktpath_flow f = {};
 	struct pktpath_conn *c;
 	__u64 now;
-
 	__u32 bit;
 
-	if (!conns_started || !packet_flow(&f, h, btf))
+	if (!packet_flow(&f, &h, btf))
 		return 0;
 	bit = flow_hash(&f);
 	if (!(conn_bloom[bit / 64] & (1ULL << (bit % 64))))
@@ -152,8 +153,22 @@ static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 		return 0;
 	}
 	c->last_ns = now;
-	*traces = c->traces;
-	return c->conn;
+	return want_traces ? c->traces : c->conn;
+}
+PACKET_FUNCTION(conn_at, conn_lookup)
+
+/* The connection this packet belongs to, 0 if none, and its traces in *traces when the agent
+ * traces (a second lookup, for packets of tracked connections only). */
+static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
+{
+	__u64 conn;
+
+	if (!conns_started)
+		return 0;
+	conn = conn_at(h->l3, h->ethertype, 0, btf);
+	if (conn && cfg.trace_set)
+		*traces = conn_at(h->l3, h->ethertype, 1, btf);
+	return conn;
 }
 
 static __always_inline void bloom_add(struct pktpath_flow *f)
@@ -192,8 +207,8 @@ static __always_inline void tuple_flows(struct nf_conntrack_tuple *t, struct pkt
 
 /* The entry's tuples (dir 0 original, 1 reply), both ways round, as keys of the connection;
  * false when its original tuple already was one (nothing else written then). */
-static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __u64 traces,
-				     __u64 now)
+static __always_inline bool conn_add_dir(struct nf_conn *ct, int dir, __u64 conn,
+					 __u64 traces, __u64 now)
 {
 	struct pktpath_conn value = { .conn = conn, .last_ns = now, .traces = traces };
 	struct nf_conntrack_tuple t;
@@ -219,47 +234,69 @@ static __always_inline bool conn_add(struct nf_conn *ct, int dir, __u64 conn, __
 	return true;
 }
 
+/* conn_add_dir as a global function: checked once, not once for each direction. */
+__noinline int conn_add(__u64 entry, __u32 dir, __u64 conn, __u64 traces, __u64 now)
+{
+	return conn_add_dir((struct nf_conn *)entry, dir, conn, traces, now);
+}
+
 /* Track the connection of a conntrack entry that translates. A global function: the verifier
  * checks it once, not once for every way a packet can reach it. */
 __noinline int conn_track(__u64 entry, __u64 conn, __u64 traces)
 {
-	struct nf_conn *ct = (struct nf_conn *)entry;
 	__u64 now = bpf_ktime_get_ns();
 
-	if (conn_add(ct, 0, conn, traces, now))
-		conn_add(ct, 1, conn, traces, now);
+	if (conn_add(entry, 0, conn, traces, now))
+		conn_add(entry, 1, conn, traces, now);
 	if (!conns_started)
 		conns_started = 1;
 	return 0;
 }
 
-/* What conntrack says of this hop; an entry that translates makes its connection tracked,
- * under the packet's connection id if it has one, else a new one (the entry's address). */
+/* What conntrack says of the entry nfct (skb->_nfct) points to, in one number: its mark (bits
+ * 32-63), zone (16-31), state (IP_CT_* + 1, 8-15) and NAT (0-7). An entry that translates
+ * makes its connection tracked, as conn if not 0, else as a new one (the entry's address).
+ * A global function, as conn_track. */
+__noinline __u64 ct_read(__u64 nfct, __u64 conn, __u64 traces)
+{
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
+	__u64 mark = 0, zone = 0, nat;
+	unsigned long status;
+
+	if (!ct)
+		return 0;
+	status = BPF_CORE_READ(ct, status);
+	nat = (status & IPS_SRC_NAT ? PKTPATH_CT_SNAT : 0) |
+	      (status & IPS_DST_NAT ? PKTPATH_CT_DNAT : 0);
+	if (bpf_core_field_exists(ct->mark))
+		mark = BPF_CORE_READ(ct, mark);
+	if (bpf_core_field_exists(ct->zone))
+		zone = BPF_CORE_READ(ct, zone.id);
+	if (nat)
+		conn_track((__u64)ct, conn ? conn : (__u64)ct, traces);
+	return mark << 32 | (zone & 0xFFFF) << 16 | ((nfct & 7) + 1) << 8 | nat;
+}
+
+/* What conntrack says of this hop; an entry that translates gives a packet of no connection
+ * the entry's as its connection. */
 static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, __u64 traces,
 				    bool btf)
 {
-	struct nf_conn *ct;
-	unsigned long nfct, status;
+	unsigned long nfct;
+	__u64 read;
 
 	if (!bpf_core_field_exists(skb->_nfct))
 		return;
 	nfct = READ(btf, skb, _nfct);
-	ct = (struct nf_conn *)(nfct & ~7UL);
-	if (!ct)
+	if (!(nfct & ~7UL))
 		return;
-	note->state = (nfct & 7) + 1;
-	status = BPF_CORE_READ(ct, status);
-	note->nat = (status & IPS_SRC_NAT ? PKTPATH_CT_SNAT : 0) |
-		    (status & IPS_DST_NAT ? PKTPATH_CT_DNAT : 0);
-	if (bpf_core_field_exists(ct->mark))
-		note->mark = BPF_CORE_READ(ct, mark);
-	if (bpf_core_field_exists(ct->zone))
-		note->zone = BPF_CORE_READ(ct, zone.id);
-	if (!note->nat)
-		return;
-	if (!note->conn)
-		note->conn = (__u64)ct;
-	conn_track((__u64)ct, note->conn, traces);
+	read = ct_read(nfct, note->conn, traces);
+	note->mark = read >> 32;
+	note->zone = read >> 16;
+	note->state = read >> 8;
+	note->nat = read;
+	if (note->nat && !note->conn)
+		note->conn = nfct & ~7UL;
 }
 
 #endif /* PKTPATH_CONNS_H */

@@ -42,14 +42,25 @@ static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
 
 /* What identifies one IP packet along its way: IPv4 total length, ID, fragment bits and
  * protocol; IPv6 version, class, flow label, payload length and next header. NAT does not
- * change them (TTL and checksums are left out); a new packet at a reused address does. */
-static __always_inline __u64 fingerprint_at(unsigned char *l3, __u16 ethertype, bool btf)
+ * change them (TTL and checksums are left out); a new packet at a reused address does.
+ * With inner, of the packet inside the VXLAN one at l3 (0 when that is not VXLAN). */
+static __always_inline __u64 fingerprint_of(unsigned char *l3, __u16 ethertype, __u32 inner,
+					    bool btf)
 {
 	struct {
 		__u64 word;
 		__u8 ttl, proto;
 	} ip = {};
 
+	if (inner) {
+		struct ipv4_header outer;
+
+		if (ethertype != ETH_P_IP || PKT_COPY(btf, &outer, l3))
+			return 0;
+		l3 = vxlan_inner(&outer, l3, &ethertype, btf);
+		if (!l3)
+			return 0;
+	}
 	if (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6)
 		return 0;
 	if (PKT_COPY(btf, &ip, l3))
@@ -58,20 +69,7 @@ static __always_inline __u64 fingerprint_at(unsigned char *l3, __u16 ethertype, 
 		return (ip.word & 0xFFFFFFFFFFFF0000ULL) | ip.proto;
 	return ip.word & 0x00FFFFFFFFFFFFFFULL; /* bytes 0..6: without the hop limit */
 }
-
-/* The fingerprint of the packet inside a VXLAN one, or 0. */
-static __always_inline __u64 inner_fingerprint(struct headers *h, bool btf)
-{
-	unsigned char *inner;
-	__u16 ethertype;
-
-	struct ipv4_header ip;
-
-	if (h->ethertype != ETH_P_IP || PKT_COPY(btf, &ip, h->l3))
-		return 0;
-	inner = vxlan_inner(&ip, h->l3, &ethertype, btf);
-	return inner ? fingerprint_at(inner, ethertype, btf) : 0;
-}
+PACKET_FUNCTION(fingerprint_at, fingerprint_of)
 
 static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
 					 __u64 fingerprint, __u64 conn, __u64 traces)
@@ -111,8 +109,8 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 	if (now - t->last_ns > TRACK_NS)
 		return 0;
 	fingerprint = t->fingerprint;
-	if (fingerprint && fingerprint_at(h->l3, h->ethertype, btf) != fingerprint &&
-	    inner_fingerprint(h, btf) != fingerprint)
+	if (fingerprint && fingerprint_at(h->l3, h->ethertype, 0, btf) != fingerprint &&
+	    fingerprint_at(h->l3, h->ethertype, 1, btf) != fingerprint)
 		return 0;
 	packet = t->packet;
 	*conn = t->conn;
