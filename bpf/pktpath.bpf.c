@@ -233,7 +233,23 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
-	emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, fresh, &ct, traces);
+	if (btf) {
+		emit(ctx, skb, dev, &h, hook, btf, location, reason, packet, fresh, &ct, traces);
+	} else {
+		/* raw_tp: the values copied by a probe read, which the verifier then knows only
+		 * as numbers: it checks emit() once for them all, not once for each way a packet
+		 * came here (under tp_btf what it knows of them saves it more than this would) */
+		struct {
+			struct headers h;
+			struct ct_note ct;
+			__u64 packet, traces;
+			bool fresh;
+		} known = { h, ct, packet, traces, fresh }, as_numbers;
+
+		bpf_probe_read_kernel(&as_numbers, sizeof(as_numbers), &known);
+		emit(ctx, skb, dev, &as_numbers.h, hook, btf, location, reason, as_numbers.packet,
+		     as_numbers.fresh, &as_numbers.ct, as_numbers.traces);
+	}
 	return 0;
 }
 
