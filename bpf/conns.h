@@ -234,15 +234,16 @@ static __always_inline bool conn_add_dir(struct nf_conn *ct, int dir, __u64 conn
 	return true;
 }
 
-/* conn_add_dir as a global function: checked once, not once for each direction. */
+/* conn_add_dir as a global function: checked once, not once for each direction. Called from
+ * the hook's program itself: a chain of calls shares 512 bytes of stack (5.10 to 6.1 count
+ * every frame of it). */
 __noinline int conn_add(__u64 entry, __u32 dir, __u64 conn, __u64 traces, __u64 now)
 {
 	return conn_add_dir((struct nf_conn *)entry, dir, conn, traces, now);
 }
 
-/* Track the connection of a conntrack entry that translates. A global function: the verifier
- * checks it once, not once for every way a packet can reach it. */
-__noinline int conn_track(__u64 entry, __u64 conn, __u64 traces)
+/* Track the connection of a conntrack entry that translates. */
+static __always_inline void conn_track(__u64 entry, __u64 conn, __u64 traces)
 {
 	__u64 now = bpf_ktime_get_ns();
 
@@ -250,14 +251,11 @@ __noinline int conn_track(__u64 entry, __u64 conn, __u64 traces)
 		conn_add(entry, 1, conn, traces, now);
 	if (!conns_started)
 		conns_started = 1;
-	return 0;
 }
 
 /* What conntrack says of the entry nfct (skb->_nfct) points to, in one number: its mark (bits
- * 32-63), zone (16-31), state (IP_CT_* + 1, 8-15) and NAT (0-7). An entry that translates
- * makes its connection tracked, as conn if not 0, else as a new one (the entry's address).
- * A global function, as conn_track. */
-__noinline __u64 ct_read(__u64 nfct, __u64 conn, __u64 traces)
+ * 32-63), zone (16-31), state (IP_CT_* + 1, 8-15) and NAT (0-7). A global function. */
+__noinline __u64 ct_read(__u64 nfct)
 {
 	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
 	__u64 mark = 0, zone = 0, nat;
@@ -272,13 +270,11 @@ __noinline __u64 ct_read(__u64 nfct, __u64 conn, __u64 traces)
 		mark = BPF_CORE_READ(ct, mark);
 	if (bpf_core_field_exists(ct->zone))
 		zone = BPF_CORE_READ(ct, zone.id);
-	if (nat)
-		conn_track((__u64)ct, conn ? conn : (__u64)ct, traces);
 	return mark << 32 | (zone & 0xFFFF) << 16 | ((nfct & 7) + 1) << 8 | nat;
 }
 
-/* What conntrack says of this hop; an entry that translates gives a packet of no connection
- * the entry's as its connection. */
+/* What conntrack says of this hop; an entry that translates makes its connection tracked,
+ * under the packet's connection id if it has one, else a new one (the entry's address). */
 static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, __u64 traces,
 				    bool btf)
 {
@@ -290,13 +286,16 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, _
 	nfct = READ(btf, skb, _nfct);
 	if (!(nfct & ~7UL))
 		return;
-	read = ct_read(nfct, note->conn, traces);
+	read = ct_read(nfct);
 	note->mark = read >> 32;
 	note->zone = read >> 16;
 	note->state = read >> 8;
 	note->nat = read;
-	if (note->nat && !note->conn)
+	if (!note->nat)
+		return;
+	if (!note->conn)
 		note->conn = nfct & ~7UL;
+	conn_track(nfct & ~7UL, note->conn, traces);
 }
 
 #endif /* PKTPATH_CONNS_H */
