@@ -82,6 +82,32 @@ def test_help_ends_with_examples(command: str) -> None:
     assert proc.stdout.rstrip().splitlines()[-1].lstrip().startswith("pktpath ")
 
 
+@pytest.mark.parametrize("argv", [
+    ["trace", "--host", "10.200.0.1", "--proto", "udp", "-c", "3", "--json", "tcp", "port", "9"],
+    ["ping", "10.200.0.2", "--from", "blue", "--udp", "--port", "53", "-c", "2", "--report"],
+    ["demo", "--json", "-c", "1"],
+    ["drops", "--interval", "2", "--reason", "NO_SOCKET"],
+    ["agent", "--node", "node-a", "--max-traces", "5", "--no-drop-watch"],
+])
+def test_a_command_parses_alike_with_only_its_own_flags_built(argv: list[str]) -> None:
+    from pktpath.cli.main import build_parser
+
+    assert build_parser(argv[0]).parse_args(argv) == build_parser().parse_args(argv)
+
+
+def test_a_trace_builds_and_parses_its_command_line_without_shutil() -> None:
+    """argparse sizes its help with shutil, which imports bz2 and lzma (~3 ms of every start,
+    before the programs start loading); pktpath's formatter sizes it without. Run without
+    `site`, which may import shutil itself (this machine's pyenv does)."""
+    code = ("import sys; from pktpath.cli.main import build_parser; "
+            "build_parser('trace').parse_args(['trace', '--host', '10.200.0.1']); "
+            "print(sorted({'shutil', 'bz2', 'lzma'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.join(REPO, "agent")},
+                          check=True)
+    assert proc.stdout.strip() == "[]"
+
+
 def test_demo_shows_the_article_path_and_removes_everything(e2e: None) -> None:
     before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     proc = pktpath("demo", "--json", "-c", "2")

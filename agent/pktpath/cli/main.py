@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pktpath import __version__
 from pktpath.cli.stream import message, stop_on_signals
@@ -68,8 +68,40 @@ examples:
 """
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout, text with line breaks (the examples) kept as written, sized to
+    the terminal without shutil: argparse imports it (and bz2, lzma: ~3 ms) to size its help,
+    at every start, before the programs can start loading."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _columns() -> int:
+    """The terminal's width: $COLUMNS, else standard output's terminal's, else 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size().columns or 80  # standard output's
+    except OSError:
+        return 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one sentence, exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"pktpath: {message} (see '{self.prog} --help')\n")
@@ -125,8 +157,102 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line grammar."""
+def _trace_flags(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``pktpath trace``."""
+    parser.add_argument("expression", nargs="*",
+                        help="a tcpdump filter expression (pcap-filter(7)), e.g. "
+                        "'tcp and dst port 8080'")
+    parser.add_argument("--host", action="append", default=[], metavar="ADDR",
+                        help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
+    parser.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
+    parser.add_argument("--port", metavar="N", help="TCP or UDP source or destination port")
+    parser.add_argument("--netns", metavar="NS",
+                        help="only this network namespace: `ip netns` name, path or inode")
+    parser.add_argument("-i", "--interface", metavar="NAME",
+                        help="only interfaces with this name (in any namespace unless --netns)")
+    _output_flags(parser)
+    parser.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                        help="stop after N events")
+    parser.add_argument("--buffer-size", type=_ring_size, default=DEFAULT_RING_BYTES,
+                        metavar="SIZE", help="ring buffer size, a power of two (default 4M)")
+    parser.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
+                        help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
+    parser.add_argument("--latency", action="store_true",
+                        help="text: show the time since each packet's first hop (+0.021ms)")
+    parser.add_argument("--nf-trace", action="store_true",
+                        help="name the nftables/iptables rule that dropped a packet (adds a "
+                        "table of its own while tracing, removed on exit)")
+    parser.add_argument("--no-track", action="store_true",
+                        help="show only hops where the filter matches, not the rest of a matched "
+                        "packet's way (through NAT, tunnels, clones)")
+    parser.add_argument("--routes", action="store_true",
+                        help="also the routing lookups: the route each forwarded hop took "
+                        "(JSON route), and which route failed for a drop (costs more)")
+    parser.add_argument("--no-drops", action="store_true",
+                        help="only the path: no drops or ICMP errors")
+    parser.add_argument("-w", "--write", metavar="FILE",
+                        help="also write the packets to FILE as pcap-ng (mode 0600), a comment "
+                        "on each naming its namespace, interface, hook and packet")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="name each Service's ClusterIP (svc shop/db) from the cluster of "
+                        "this kubeconfig (read once at the start)")
+    parser.add_argument("--diagram", action="store_true",
+                        help="at the end, draw the path of the first packet traced (and its "
+                        "reply) across namespaces")
+
+
+def _ping_flags(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``pktpath ping``."""
+    parser.add_argument("target", help="IP address (or name) to probe")
+    parser.add_argument("--from", dest="from_", metavar="WHERE",
+                        help="send from this network namespace: `ip netns` name, path, pid:N, or "
+                        "a container name or ID (default: this process's namespace)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--udp", action="store_true", help="UDP datagrams (needs --port)")
+    kind.add_argument("--tcp", action="store_true", help="TCP SYNs (needs --port)")
+    parser.add_argument("--port", metavar="N",
+                        help="destination port for --udp or --tcp")
+    parser.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
+                        help="probes to send (default: 10 in a report, until q when live)")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="time between probes (default 1)")
+    parser.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
+                        help="how long a probe is waited for after it was sent (default 1)")
+    parser.add_argument("-r", "--report", action="store_true",
+                        help="no live table: print the report when the probes are done")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the report as mtr's JSON")
+    shape.add_argument("--csv", action="store_true", help="the report as mtr's CSV")
+    parser.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+
+
+def _agent_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``pktpath agent``."""
+    parser.add_argument("--node", default=os.environ.get("NODE_NAME"),
+                        help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--host-netns", default="/proc/self/ns/net", metavar="PATH",
+                        help="the node's own network namespace (default: /proc/self/ns/net, "
+                        "the node's when the agent shares the host network, as the "
+                        "DaemonSet does)")
+    parser.add_argument("--listen", default="0.0.0.0:9900", metavar="HOST:PORT",
+                        help="address of /metrics and /healthz (default 0.0.0.0:9900)")
+    parser.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+    parser.add_argument("--max-traces", type=_positive, default=20, metavar="N",
+                        help="traces run at once; more wait for a slot (default 20: each "
+                        "running trace holds about 5 MiB of the agent's memory)")
+    parser.add_argument("--no-drop-watch", action="store_true",
+                        help="do not count the node's drops (pktpath_drops_total)")
+    parser.add_argument("--drop-series", type=_positive, default=50, metavar="N",
+                        help="pktpath_drops_total series with their own labels; later ones "
+                        "are summed in reason=\"other\" (default 50)")
+    parser.add_argument("--drop-event-rate", type=float, default=0.0, metavar="R",
+                        help="record an Event on a pod that drops R packets a second or more "
+                        "(default 0: no Events)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command-line grammar; with command, the flags of that command only (the others are
+    listed, not built: a start need not build what it will not parse)."""
     parser = _Parser(prog="pktpath", description="Where did my packet go? pktpath shows the "
                      "interfaces and network namespaces a packet crosses, traced with eBPF.")
     parser.add_argument("--version", action="version", version=f"pktpath {__version__}")
@@ -136,84 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Show each matching packet at every interface it "
                            "crosses, in every network namespace, both ways. Flags combine "
                            "with AND; with no flag every packet is traced.",
-                           epilog=TRACE_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    trace.add_argument("expression", nargs="*",
-                       help="a tcpdump filter expression (pcap-filter(7)), e.g. "
-                       "'tcp and dst port 8080'")
-    trace.add_argument("--host", action="append", default=[], metavar="ADDR",
-                       help="IPv4 or IPv6 source or destination (repeat for several: any of them)")
-    trace.add_argument("--proto", metavar="PROTO", help="icmp, icmp6, tcp, udp or arp")
-    trace.add_argument("--port", metavar="N", help="TCP or UDP source or destination port")
-    trace.add_argument("--netns", metavar="NS",
-                       help="only this network namespace: `ip netns` name, path or inode")
-    trace.add_argument("-i", "--interface", metavar="NAME",
-                       help="only interfaces with this name (in any namespace unless --netns)")
-    _output_flags(trace)
-    trace.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
-                       help="stop after N events")
-    trace.add_argument("--buffer-size", type=_ring_size, default=DEFAULT_RING_BYTES, metavar="SIZE",
-                       help="ring buffer size, a power of two (default 4M)")
-    trace.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto",
-                       help="BPF program type for the hooks (default: tp_btf, else raw_tp)")
-    trace.add_argument("--latency", action="store_true",
-                       help="text: show the time since each packet's first hop (+0.021ms)")
-    trace.add_argument("--nf-trace", action="store_true",
-                       help="name the nftables/iptables rule that dropped a packet (adds a "
-                       "table of its own while tracing, removed on exit)")
-    trace.add_argument("--no-track", action="store_true",
-                       help="show only hops where the filter matches, not the rest of a matched "
-                       "packet's way (through NAT, tunnels, clones)")
-    trace.add_argument("--routes", action="store_true",
-                       help="also the routing lookups: the route each forwarded hop took "
-                       "(JSON route), and which route failed for a drop (costs more)")
-    trace.add_argument("--no-drops", action="store_true",
-                       help="only the path: no drops or ICMP errors")
-    trace.add_argument("-w", "--write", metavar="FILE",
-                       help="also write the packets to FILE as pcap-ng (mode 0600), a comment "
-                       "on each naming its namespace, interface, hook and packet")
-    trace.add_argument("--kubeconfig", metavar="FILE",
-                       help="name each Service's ClusterIP (svc shop/db) from the cluster of "
-                       "this kubeconfig (read once at the start)")
-    trace.add_argument("--diagram", action="store_true",
-                       help="at the end, draw the path of the first packet traced (and its "
-                       "reply) across namespaces")
+                           epilog=TRACE_EXAMPLES)
+    if command in (None, "trace"):
+        _trace_flags(trace)
 
     ping = sub.add_parser("ping", help="send probes and show, mtr-style, where they go",
                           description="Send probes (ICMP echo, UDP or TCP SYN) from a network "
                           "namespace, trace only them, and show per interface and direction "
                           "how many were seen and how long after sending. A live table on a "
                           "terminal (q quits, p pauses, r resets); else, or with --report, "
-                          "the final table and the path diagram.", epilog=PING_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    ping.add_argument("target", help="IP address (or name) to probe")
-    ping.add_argument("--from", dest="from_", metavar="WHERE",
-                      help="send from this network namespace: `ip netns` name, path, pid:N, or "
-                      "a container name or ID (default: this process's namespace)")
-    kind = ping.add_mutually_exclusive_group()
-    kind.add_argument("--udp", action="store_true", help="UDP datagrams (needs --port)")
-    kind.add_argument("--tcp", action="store_true", help="TCP SYNs (needs --port)")
-    ping.add_argument("--port", metavar="N",
-                      help="destination port for --udp or --tcp")
-    ping.add_argument("-c", "--count", type=_positive, default=0, metavar="N",
-                      help="probes to send (default: 10 in a report, until q when live)")
-    ping.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                      help="time between probes (default 1)")
-    ping.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
-                      help="how long a probe is waited for after it was sent (default 1)")
-    ping.add_argument("-r", "--report", action="store_true",
-                      help="no live table: print the report when the probes are done")
-    shape = ping.add_mutually_exclusive_group()
-    shape.add_argument("--json", action="store_true", help="the report as mtr's JSON")
-    shape.add_argument("--csv", action="store_true", help="the report as mtr's CSV")
-    ping.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
+                          "the final table and the path diagram.", epilog=PING_EXAMPLES)
+    if command in (None, "ping"):
+        _ping_flags(ping)
 
     demo = sub.add_parser("demo", help="build a small namespace network, trace a ping across it",
                           description="Build a docker-like network in temporary namespaces (a "
                           "'host' with bridge docker0, a veth into a 'container'), ping the "
                           "container while tracing, print the path, and remove everything.",
-                          epilog=DEMO_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+                          epilog=DEMO_EXAMPLES)
     _output_flags(demo)
     demo.add_argument("-c", "--count", type=_positive, default=3, metavar="N",
                       help="pings to send (default 3)")
@@ -222,36 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
         "drops", help="every drop on this host, counted in the kernel, live like top",
         description="Count every packet the kernel drops, by namespace, interface, drop reason "
         "and kernel function, at almost no cost (a per-CPU map, nothing per packet in user "
-        "space), and show the counts of each interval sorted by rate.", epilog=DROPS_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _drops_flags(drops)
+        "space), and show the counts of each interval sorted by rate.", epilog=DROPS_EXAMPLES)
+    if command in (None, "drops"):
+        _drops_flags(drops)
 
     node_agent = sub.add_parser(
         "agent", help="the Kubernetes node agent (run by the DaemonSet)",
         description="Watch PacketTrace resources and trace those that concern this node, "
         "writing this node's hops into their status. Uses the in-cluster service account, "
-        "else $KUBECONFIG.", epilog=AGENT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    node_agent.add_argument("--node", default=os.environ.get("NODE_NAME"),
-                            help="this node's name (default: $NODE_NAME)")
-    node_agent.add_argument("--host-netns", default="/proc/self/ns/net", metavar="PATH",
-                            help="the node's own network namespace (default: /proc/self/ns/net, "
-                            "the node's when the agent shares the host network, as the "
-                            "DaemonSet does)")
-    node_agent.add_argument("--listen", default="0.0.0.0:9900", metavar="HOST:PORT",
-                            help="address of /metrics and /healthz (default 0.0.0.0:9900)")
-    node_agent.add_argument("--hook-type", choices=("auto", "tp_btf", "raw_tp"), default="auto")
-    node_agent.add_argument("--max-traces", type=_positive, default=20, metavar="N",
-                            help="traces run at once; more wait for a slot (default 20: each "
-                            "running trace holds about 5 MiB of the agent's memory)")
-    node_agent.add_argument("--no-drop-watch", action="store_true",
-                            help="do not count the node's drops (pktpath_drops_total)")
-    node_agent.add_argument("--drop-series", type=_positive, default=50, metavar="N",
-                            help="pktpath_drops_total series with their own labels; later ones "
-                            "are summed in reason=\"other\" (default 50)")
-    node_agent.add_argument("--drop-event-rate", type=float, default=0.0, metavar="R",
-                            help="record an Event on a pod that drops R packets a second or more "
-                            "(default 0: no Events)")
+        "else $KUBECONFIG.", epilog=AGENT_EXAMPLES)
+    if command in (None, "agent"):
+        _agent_flags(node_agent)
     return parser
 
 
@@ -412,9 +459,10 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pktpath`` console script."""
-    args = build_parser().parse_args(argv)
     commands = {"trace": cmd_trace, "demo": cmd_demo, "agent": cmd_agent, "ping": cmd_ping,
                 "drops": cmd_drops}
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and argv[0] in commands else None).parse_args(argv)
     try:
         return commands[args.command](args, sys.stdout, sys.stderr)
     except UsageError as exc:
