@@ -22,10 +22,10 @@ from pktpath.host.privileges import (
 )
 
 
-def pktpath(*args: str, prefix: tuple[str, ...] = (),
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def pktpath(*args: str, prefix: tuple[str, ...] = (), timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*prefix, sys.executable, "-m", "pktpath", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -74,11 +74,15 @@ def test_kernel_without_btf_is_named() -> None:
         require_btf("/nonexistent/vmlinux")
 
 
-@pytest.mark.parametrize("command", ["trace", "demo"])
-def test_help_ends_with_examples(command: str) -> None:
-    proc = pktpath(command, "--help")
+@pytest.mark.parametrize("command, columns", [("trace", "0"), ("demo", "50")])
+def test_help_ends_with_examples(command: str, columns: str) -> None:
+    """Help is sized to $COLUMNS when it is a width (50), to the terminal or 80 when not."""
+    proc = pktpath(command, "--help", env={**os.environ, "COLUMNS": columns})
     assert proc.returncode == 0
     assert "examples:" in proc.stdout
+    width = int(columns) - 2 if int(columns) else 78  # output to a pipe: no terminal
+    described = proc.stdout.split("examples:")[0].splitlines()
+    assert all(len(line) <= width for line in described), "a description is not wrapped"
     assert proc.stdout.rstrip().splitlines()[-1].lstrip().startswith("pktpath ")
 
 

@@ -85,11 +85,11 @@ class _Formatter(argparse.HelpFormatter):
 
 
 def _columns() -> int:
-    """The terminal's width: $COLUMNS, else standard output's terminal's, else 80."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
+    """The terminal's width: $COLUMNS if a positive number, else standard output's
+    terminal's, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
     try:
         return os.get_terminal_size().columns or 80  # standard output's
     except OSError:
