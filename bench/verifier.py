@@ -28,9 +28,8 @@ _STATS = re.compile(r"verification time (\d+) usec.*?processed (\d+) insns", re.
 
 def load(path: str, hook_type: str) -> tuple[float, dict[str, tuple[int, float]]]:
     """One load: bpf_object__load's ms, and per program (instructions, verification ms)."""
-    probes = Probes.for_filter(TraceFilter(hosts=(parse_host("10.200.99.99"),)),
-                               hook_type=hook_type)
-    probes._path = path
+    probes = Probes(TraceFilter(hosts=(parse_host("10.200.99.99"),)).config(),
+                    hook_type=hook_type, path=path)
     probes._begin()
     if hook_type == "raw_tp":
         probes._choose_programs(probes._tracepoint_args())
