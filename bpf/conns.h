@@ -253,16 +253,15 @@ static __always_inline void conn_track(__u64 entry, __u64 conn, __u64 traces)
 		conns_started = 1;
 }
 
-/* What conntrack says of the entry nfct (skb->_nfct) points to, in one number: its mark (bits
- * 32-63), zone (16-31), state (IP_CT_* + 1, 8-15) and NAT (0-7). A global function. */
+/* What conntrack says of the entry nfct (skb->_nfct, not without one) points to, in one
+ * number: its mark (bits 32-63), zone (16-31), state (IP_CT_* + 1, 8-15) and NAT (0-7). A
+ * global function. */
 __noinline __u64 ct_read(__u64 nfct)
 {
 	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
 	__u64 mark = 0, zone = 0, nat;
 	unsigned long status;
 
-	if (!ct)
-		return 0;
 	status = BPF_CORE_READ(ct, status);
 	nat = (status & IPS_SRC_NAT ? PKTPATH_CT_SNAT : 0) |
 	      (status & IPS_DST_NAT ? PKTPATH_CT_DNAT : 0);
@@ -279,12 +278,13 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, _
 				    bool btf)
 {
 	unsigned long nfct;
-	__u64 read;
+	__u64 entry, read;
 
 	if (!bpf_core_field_exists(skb->_nfct))
 		return;
 	nfct = READ(btf, skb, _nfct);
-	if (!(nfct & ~7UL))
+	entry = nfct & ~7UL;
+	if (!entry)
 		return;
 	read = ct_read(nfct);
 	note->mark = read >> 32;
@@ -294,8 +294,8 @@ static __always_inline void ct_note(struct sk_buff *skb, struct ct_note *note, _
 	if (!note->nat)
 		return;
 	if (!note->conn)
-		note->conn = nfct & ~7UL;
-	conn_track(nfct & ~7UL, note->conn, traces);
+		note->conn = entry;
+	conn_track(entry, note->conn, traces);
 }
 
 #endif /* PKTPATH_CONNS_H */

@@ -68,10 +68,10 @@ examples:
 """
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's help layout, text with line breaks (the examples) kept as written, sized to
-    the terminal without shutil: argparse imports it (and bz2, lzma: ~3 ms) to size its help,
-    at every start, before the programs can start loading."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help layout, text with line breaks (the examples) kept as written and the
+    rest filled, sized to the terminal without shutil: argparse imports it (and bz2, lzma:
+    ~3 ms) to size its help, at every start, before the programs can start loading."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
@@ -80,8 +80,8 @@ class _Formatter(argparse.HelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
 
 def _columns() -> int:
