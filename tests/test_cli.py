@@ -99,13 +99,17 @@ def test_a_command_parses_alike_with_only_its_own_flags_built(argv: list[str]) -
     assert build_parser(argv[0]).parse_args(argv) == build_parser().parse_args(argv)
 
 
-def test_a_trace_builds_and_parses_its_command_line_without_shutil() -> None:
-    """argparse sizes its help with shutil, which imports bz2 and lzma (~3 ms of every start,
-    before the programs start loading); pktpath's formatter sizes it without. Run without
-    `site`, which may import shutil itself (this machine's pyenv does)."""
-    code = ("import sys; from pktpath.cli.main import build_parser; "
-            "build_parser('trace').parse_args(['trace', '--host', '10.200.0.1']); "
-            "print(sorted({'shutil', 'bz2', 'lzma'} & set(sys.modules)))")
+def test_a_trace_reaches_its_load_without_the_heavy_modules() -> None:
+    """What runs before the programs start loading (most of a start then runs beside them):
+    argparse sizes its help with shutil, which imports bz2 and lzma (~3 ms), and dataclasses
+    imports inspect, ast and more (~10 ms); pktpath needs neither there. Run without `site`,
+    which may import shutil itself (this machine's pyenv does)."""
+    code = ("import sys; from pktpath.cli.main import build_parser, filter_from_args; "
+            "from pktpath.core.loader import Probes; "
+            "args = build_parser('trace').parse_args(['trace', '--host', '10.200.0.1']); "
+            "Probes.for_filter(filter_from_args(args)[0]); "
+            "print(sorted({'shutil', 'bz2', 'lzma', 'dataclasses', 'inspect'} & "
+            "set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.path.join(REPO, "agent")},
                           check=True)

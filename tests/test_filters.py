@@ -63,7 +63,9 @@ def test_bad_values_say_what_is_wrong(call: object, arg: str, message: str) -> N
 ])
 def test_contradictions_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        TraceFilter(**kwargs)  # type: ignore[arg-type]
+        TraceFilter(**kwargs).checked()  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=message):  # nor loaded when made without the check
+        TraceFilter(**kwargs).config()  # type: ignore[arg-type]
 
 
 def test_describe_reads_like_tcpdump() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from pktpath import __version__
 from pktpath.cli.stream import message, stop_on_signals
 from pktpath.core.errors import EXIT_USAGE, PktpathError, UsageError
+from pktpath.core.event import Proto
 from pktpath.core.expression import compile_expression
 from pktpath.core.filters import TraceFilter, parse_host, parse_port, parse_proto
 from pktpath.core.hooks import FLAGS, select_hooks
@@ -316,12 +317,12 @@ def filter_from_args(args: argparse.Namespace) -> tuple[TraceFilter, netns.Netns
     return TraceFilter(
         expression=compile_expression(expression) if expression else None,
         hosts=tuple(parse_host(h) for h in args.host),
-        proto=parse_proto(args.proto) if args.proto else TraceFilter.proto,
+        proto=parse_proto(args.proto) if args.proto else Proto.ANY,
         port=parse_port(args.port) if args.port else 0,
         netns=ns.inode if ns else 0,
         ifname=args.interface or "",
         track=not args.no_track,
-    ), ns
+    ).checked(), ns
 
 
 def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

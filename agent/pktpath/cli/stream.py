@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from pktpath.core.hooks import without
 
@@ -22,8 +21,7 @@ if TYPE_CHECKING:  # `pktpath trace` imports them while its programs load
 LOSS_CHECK_SECONDS = 1.0
 
 
-@dataclass
-class SessionResult:
+class SessionResult(NamedTuple):
     """What a session did."""
 
     shown: int

@@ -9,7 +9,7 @@ program before the object loads.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pktpath.core.errors import PktpathError, UsageError
 from pktpath.core.libbpf import open_library
@@ -29,8 +29,7 @@ class _Program(ctypes.Structure):
     _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_Insn))]
 
 
-@dataclass(frozen=True)
-class Compiled:
+class Compiled(NamedTuple):
     """One expression as classic BPF for both views, and their eBPF translation."""
 
     expression: str

@@ -6,8 +6,7 @@ All fields combine with AND; ``hosts`` match when any of them is the source or d
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pktpath.core.errors import UsageError
 from pktpath.core.event import CONFIG_STRUCT, MAX_HOSTS, Proto
@@ -49,9 +48,10 @@ def parse_port(text: str) -> int:
     return int(text)
 
 
-@dataclass(frozen=True)
-class TraceFilter:
-    """A packet filter; the empty filter traces everything."""
+class TraceFilter(NamedTuple):
+    """A packet filter; the empty filter traces everything. One made from user input is
+    :meth:`checked` (a named tuple, which cannot check itself when made: see
+    :class:`~pktpath.core.event.RawEvent` on dataclasses)."""
 
     hosts: tuple[IPAddress, ...] = ()
     proto: Proto = Proto.ANY
@@ -63,7 +63,8 @@ class TraceFilter:
     track: bool = True  # follow a matched packet through NAT, tunnels and clones
     trace_set: bool = False  # only packets of the agent's traces' addresses (map trace_addrs)
 
-    def __post_init__(self) -> None:
+    def checked(self) -> TraceFilter:
+        """This filter, when its parts agree; else UsageError says what contradicts what."""
         v4 = [h for h in self.hosts if h.version == 4]
         v6 = [h for h in self.hosts if h.version == 6]
         if len(v4) > MAX_HOSTS or len(v6) > MAX_HOSTS:
@@ -78,6 +79,7 @@ class TraceFilter:
             raise UsageError("ARP carries IPv4 addresses only: give an IPv4 --host")
         if len(self.ifname.encode()) > 15:
             raise UsageError(f"{self.ifname!r} is not a valid interface name (at most 15 bytes)")
+        return self
 
     @property
     def empty(self) -> bool:
@@ -85,7 +87,9 @@ class TraceFilter:
         return self == TraceFilter() or self == TraceFilter(track=False)
 
     def config(self) -> bytes:
-        """The ``struct pktpath_config`` the BPF programs read."""
+        """The ``struct pktpath_config`` the BPF programs read (of a filter :meth:`checked`
+        here too: one made without the check is refused before it is loaded)."""
+        self.checked()
         v4 = [h.packed for h in self.hosts if h.version == 4]
         v6 = [h.packed for h in self.hosts if h.version == 6]
         return CONFIG_STRUCT.pack(
@@ -132,4 +136,4 @@ def probe_filter(addresses: tuple[IPAddress, ...], protocol: str, port: int = 0,
     v6 = addresses[0].version == 6
     proto = {"icmp": Proto.ICMP6 if v6 else Proto.ICMP, "udp": Proto.UDP,
              "tcp": Proto.TCP}[protocol]
-    return TraceFilter(hosts=addresses, proto=proto, port=port, **more)
+    return TraceFilter(hosts=addresses, proto=proto, port=port, **more).checked()

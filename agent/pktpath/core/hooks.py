@@ -8,13 +8,12 @@ the one-line notice for a hook that did not attach are all derived from :data:`H
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pktpath.core.event import Hook
 
 
-@dataclass(frozen=True)
-class Older:
+class Older(NamedTuple):
     """The program for kernels whose tracepoint passes fewer arguments."""
 
     program: str  # its name after the program type (raw_tp_<program>)
@@ -22,8 +21,7 @@ class Older:
     without: str  # what the output lacks with it
 
 
-@dataclass(frozen=True)
-class HookSpec:
+class HookSpec(NamedTuple):
     """One hook: its tracepoint, default, choosing flag and what is missing without it."""
 
     hook: Hook
@@ -71,8 +69,7 @@ def select_hooks(flags: Collection[str] = ()) -> tuple[Hook, ...]:
 DEFAULT_HOOKS = select_hooks()
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The program a kernel allows for a hook: its name (after the program type) and what is
     missing with it; or, when none fits, why."""
 

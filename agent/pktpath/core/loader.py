@@ -13,13 +13,11 @@ detaches it.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pktpath.core.errors import PktpathError
 from pktpath.core.event import (
@@ -54,8 +52,7 @@ def object_path() -> str:
         os.path.dirname(os.path.abspath(__file__)), "pktpath.bpf.o")
 
 
-@dataclass(frozen=True)
-class Maps:
+class Maps(NamedTuple):
     """The file descriptors of the object's maps, looked up by name once after loading."""
 
     events: int  # the ring buffer
@@ -70,30 +67,40 @@ class Maps:
     def of(cls, bpf: Libbpf, obj: int) -> Maps:
         """Look every map of the loaded object up by its name in bpf/ (the field's name)."""
         fds = {}
-        for name in (f.name for f in dataclasses.fields(cls)):
+        for name in cls._fields:
             found = bpf.check_ptr(bpf.lib.bpf_object__find_map_by_name(obj, name.encode()),
                                   f"finding map {name}")
             fds[name] = bpf.lib.bpf_map__fd(found)
         return cls(**fds)
 
 
-@dataclass
 class HookStatus:
-    """What happened to one hook: attached with a program type, or why not."""
+    """What happened to one hook: attached with a program type, or why not (a plain class:
+    see :class:`~pktpath.core.event.RawEvent` on dataclasses)."""
 
-    hook: Hook
-    hook_type: str | None = None
-    error: str | None = None
-    program: str | None = None  # the program's name after its type: net_dev_queue, ...
-    note: str | None = None  # what is missing with the program this kernel allows
+    __slots__ = ("error", "hook", "hook_type", "note", "program")
+
+    def __init__(self, hook: Hook, hook_type: str | None = None, error: str | None = None,
+                 program: str | None = None, note: str | None = None) -> None:
+        self.hook = hook
+        self.hook_type = hook_type
+        self.error = error
+        self.program = program  # the program's name after its type: net_dev_queue, ...
+        self.note = note  # what is missing with the program this kernel allows
+
+    def __repr__(self) -> str:
+        return (f"HookStatus({self.hook.name}, hook_type={self.hook_type!r}, "
+                f"error={self.error!r}, program={self.program!r}, note={self.note!r})")
 
 
-@dataclass
 class LoadReport:
     """The outcome of loading: one status per hook, and why tp_btf was not used if it was not."""
 
-    hooks: list[HookStatus] = field(default_factory=list)
-    fallback_reason: str | None = None
+    __slots__ = ("fallback_reason", "hooks")
+
+    def __init__(self) -> None:
+        self.hooks: list[HookStatus] = []
+        self.fallback_reason: str | None = None
 
     @property
     def attached(self) -> list[HookStatus]:

@@ -27,7 +27,7 @@ MAX_BATCH = 8192  # records taken from the ring buffer per poll
 DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
 
 
-@dataclass(slots=True)  # not frozen: see RawEvent
+@dataclass(slots=True)  # not frozen: see Packet
 class Hop:
     """One packet seen on one interface at one hook (or freed, with its fate)."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pktpath.core.errors import UsageError
 from pktpath.core.event import EXPR_MARK, EXPR_MEM_OFFSET, EXPR_SLOTS, EXPR_SNAP
@@ -39,8 +39,7 @@ R0, BUF, LEN, TMP, A, XR = 0, 1, 2, 3, 4, 5  # registers
 SIZE_CODE = {4: W, 2: H, 1: B}
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
     """One eBPF instruction; ``target`` names the label a jump goes to."""
 
     code: int

@@ -12,8 +12,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pktpath.core.errors import PktpathError, UsageError
 from pktpath.core.libbpf import open_library
@@ -28,8 +27,7 @@ _NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Netns:
+class Netns(NamedTuple):
     """A network namespace: its inode, a path that pins it, and its `ip netns` name if any."""
 
     inode: int
