@@ -6,8 +6,9 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pktpath.core.event import DATA_OFFSET, EVENT_STRUCT, decode_event
+from pktpath.core.event import DATA_OFFSET, EVENT_STRUCT
 from pktpath.core.packet import Packet, Recent, decode, tcp_flags_text
+from pktpath.core.record import decode_event
 from pktpath.host.pinger import checksum
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

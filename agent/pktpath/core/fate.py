@@ -164,7 +164,7 @@ class NfRule:
         return f"{self.family} {self.table} {self.chain} {what}"
 
 
-@dataclass(slots=True)  # not frozen: one per free, made as often as the hop (see Packet)
+@dataclass(slots=True)  # not frozen: one per free, made as often as the hop (see RawEvent)
 class Fate:
     """What became of a freed packet."""
 

@@ -51,7 +51,7 @@ def parse_port(text: str) -> int:
 class TraceFilter(NamedTuple):
     """A packet filter; the empty filter traces everything. One made from user input is
     :meth:`checked` (a named tuple, which cannot check itself when made: see
-    :class:`~pktpath.core.event.RawEvent` on dataclasses)."""
+    :mod:`pktpath.core.record` on dataclasses)."""
 
     hosts: tuple[IPAddress, ...] = ()
     proto: Proto = Proto.ANY

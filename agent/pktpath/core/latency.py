@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pktpath.core.event import Hook, RawEvent
+from pktpath.core.event import Hook
 from pktpath.core.packet import Packet
+from pktpath.core.record import RawEvent
 
 WINDOW_NS = 1_000_000_000
 

@@ -76,7 +76,7 @@ class Maps(NamedTuple):
 
 class HookStatus:
     """What happened to one hook: attached with a program type, or why not (a plain class:
-    see :class:`~pktpath.core.event.RawEvent` on dataclasses)."""
+    see :mod:`pktpath.core.record` on dataclasses)."""
 
     __slots__ = ("error", "hook", "hook_type", "note", "program")
 

@@ -14,20 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pktpath.core.errors import PktpathError
-from pktpath.core.event import Counter, Hook, RawEvent, decode_event
+from pktpath.core.event import Counter, Hook
 from pktpath.core.fate import Fate, FateJudge, Route
 from pktpath.core.filters import TraceFilter
 from pktpath.core.hooks import DEFAULT_HOOKS
 from pktpath.core.latency import SinceFirst
 from pktpath.core.loader import DEFAULT_RING_BYTES, LoadReport, Probes
 from pktpath.core.packet import Packet, Recent, decode, from_flow
+from pktpath.core.record import RawEvent, decode_event
 from pktpath.core.symbols import DropReasons, Symbols
 
 MAX_BATCH = 8192  # records taken from the ring buffer per poll
 DRAIN_SECONDS = 0.2  # at most this long reading what is left after a stop
 
 
-@dataclass(slots=True)  # not frozen: see Packet
+@dataclass(slots=True)  # not frozen: see RawEvent
 class Hop:
     """One packet seen on one interface at one hook (or freed, with its fate)."""
 
