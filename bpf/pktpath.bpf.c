@@ -229,7 +229,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, boo
 		/* a new packet, or one that joined a connection here: its next hops know */
 		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
 			track_packet(skb, head_of(skb, btf), packet,
-				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces);
+				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces, h.l3,
+				     btf);
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;

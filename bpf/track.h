@@ -35,6 +35,81 @@ struct {
 /* Set once something matched: until then no packet pays for a tracking lookup. */
 __u32 tracking_started = 0;
 
+/* A bit per tracked packet, so that a packet that is not tracked pays no lookup in tracked,
+ * however often its skb and buffer addresses were a tracked packet's (the kernel reuses them
+ * at once: a flood's packets share a few). Its key is bytes 2..6 of the header at l3, which do
+ * not change along the way (IPv4 total length, ID and first fragment byte; IPv6 flow label's
+ * low bits, payload length and next header; ARP's protocol, sizes and operation), read
+ * without knowing which it is: a branch on the ethertype would make one more state for the
+ * verifier to walk the rest of a program with. Two tables, one per generation of 2^30 ns
+ * (> TRACK_NS: an entry's bit is in the current generation's table or the one before); each
+ * word's top byte is the generation its bits are from, so a word from an older one counts as
+ * empty and is started again, and no table is ever cleared. Written without atomics (5.10
+ * has no atomic or): two CPUs tracking at the same instant may lose one's bit, and that
+ * packet is then followed no further. */
+#define TRACK_BLOOM_WORDS 2048
+#define TRACK_BLOOM_BITS 56 /* per word, below its generation byte */
+#define TRACK_GEN_SHIFT 30
+#define VXLAN_INNER 30 /* from the end of an IPv4 header: UDP, VXLAN and Ethernet headers */
+__u64 track_bloom[2][TRACK_BLOOM_WORDS];
+__u64 track_gen = 0; /* the newest generation a bit was set in */
+
+struct bloom_slot {
+	__u32 word;
+	__u64 bit;
+};
+
+/* header: the first 8 bytes of one */
+static __always_inline struct bloom_slot bloom_slot(__u64 header)
+{
+	__u64 h = ((header >> 16) & 0xFFFFFFFFFFULL) * 0x9E3779B97F4A7C15ULL;
+	struct bloom_slot s = { .word = (h >> 40) & (TRACK_BLOOM_WORDS - 1),
+				.bit = 1ULL << ((h >> 20) % TRACK_BLOOM_BITS) };
+
+	return s;
+}
+
+static __always_inline bool bloom_has(__u64 *table, __u64 gen, struct bloom_slot s)
+{
+	__u64 word = table[s.word & (TRACK_BLOOM_WORDS - 1)];
+
+	return (word >> TRACK_BLOOM_BITS) == (gen & 0xFF) && (word & s.bit);
+}
+
+static __always_inline bool bloom_any(__u64 header, __u64 gen)
+{
+	struct bloom_slot s = bloom_slot(header);
+
+	return bloom_has(track_bloom[gen & 1], gen, s) ||
+	       bloom_has(track_bloom[(gen - 1) & 1], gen - 1, s);
+}
+
+/* False when the packet at l3 is certainly not tracked: neither its header's bit is set nor
+ * that of the header where a VXLAN packet's inner one would be (not knowing if it is one). */
+static __always_inline bool maybe_tracked(unsigned char *l3, bool btf)
+{
+	__u64 header = 0, inner = 0, gen = track_gen;
+
+	(void)PKT_COPY(btf, &header, l3);
+	(void)PKT_COPY(btf, &inner, l3 + (header & 0xF) * 4 + VXLAN_INNER);
+	return bloom_any(header, gen) || bloom_any(inner, gen);
+}
+
+/* Set the bit of the packet at l3. */
+static __always_inline void bloom_set(unsigned char *l3, __u64 gen, bool btf)
+{
+	__u64 header = 0, *word, tag = (gen & 0xFF) << TRACK_BLOOM_BITS, old;
+	struct bloom_slot s;
+
+	(void)PKT_COPY(btf, &header, l3);
+	s = bloom_slot(header);
+	word = &track_bloom[gen & 1][s.word & (TRACK_BLOOM_WORDS - 1)];
+	old = *word;
+	*word = ((old >> TRACK_BLOOM_BITS) << TRACK_BLOOM_BITS == tag ? old : tag) | s.bit;
+	if (gen > track_gen)
+		track_gen = gen;
+}
+
 static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
 {
 	return (__u64)READ(btf, skb, head);
@@ -72,7 +147,8 @@ static __always_inline __u64 fingerprint_of(unsigned char *l3, __u16 ethertype, 
 PACKET_FUNCTION(fingerprint_at, fingerprint_of)
 
 static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
-					 __u64 fingerprint, __u64 conn, __u64 traces)
+					 __u64 fingerprint, __u64 conn, __u64 traces,
+					 unsigned char *l3, bool btf)
 {
 	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
 				    .fingerprint = fingerprint, .conn = conn, .traces = traces,
@@ -81,14 +157,15 @@ static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 
 
 	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
 	bpf_map_update_elem(&tracked, &head, &t, BPF_ANY);
+	bloom_set(l3, t.last_ns >> TRACK_GEN_SHIFT, btf);
 	if (!tracking_started)
 		tracking_started = 1;
 }
 
 /* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not (and
- * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and the packet's IP header
- * (or the one inside its VXLAN encapsulation) still has the tracked fingerprint. A free ends
- * the tracking of its skb. */
+ * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and
+ * the packet's IP header (or the one inside its VXLAN encapsulation) still has the tracked
+ * fingerprint (a fingerprint whose bit is clear, none). A free ends the tracking of its skb. */
 static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
 				       struct headers *h, __u64 *conn, __u64 *traces, bool btf)
 {
@@ -97,6 +174,8 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 	bool by_skb = true;
 
 	if (!tracking_started)
+		return 0;
+	if (!maybe_tracked(h->l3, btf))
 		return 0;
 	t = bpf_map_lookup_elem(&tracked, &key);
 	if (!t) {
@@ -120,7 +199,7 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 		bpf_map_delete_elem(&tracked, &head);
 	} else if (!by_skb || t->head != head || now - t->last_ns > REFRESH_NS) {
 		/* a clone joined, its buffer moved, or its entries are ageing: write them */
-		track_packet(skb, head, packet, fingerprint, *conn, *traces);
+		track_packet(skb, head, packet, fingerprint, *conn, *traces, h->l3, btf);
 	}
 	return packet;
 }
