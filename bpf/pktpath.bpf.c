@@ -263,6 +263,10 @@ static __always_inline int untrack(struct sk_buff *skb, bool btf)
 	if (!cfg.track || !tracking_started)
 		return 0;
 	head = head_of(skb, btf);
+	/* a packet not tracked has no entries to remove (a tracked one's bit is that of the
+	 * header where the stack last put it) */
+	if (!maybe_tracked((unsigned char *)head + READ(btf, skb, network_header), btf))
+		return 0;
 	bpf_map_delete_elem(&tracked, &key);
 	bpf_map_delete_elem(&tracked, &head);
 	return 0;
