@@ -28,7 +28,9 @@ side mean anything):
                `agent` or `pktpath` under DIR/agent): e.g. the bpf_loop interpreter of 382c2df
   MODE-baseline  any pktpath trace mode above run from the --baseline DIR checkout, e.g.
                --modes all-to-file,all-to-file-baseline (side by side, same rounds)
-Printed: median rate of each mode and the median of its per-round ratios to untraced; the
+Printed: median rate of each mode and the median of its per-round ratios to untraced; with
+--bpf-stats (udp), the time all BPF programs ran per packet sent (kernel.bpf_stats_enabled:
+run_time_ns, far steadier than the rates, as it leaves out the rest of the machine); the
 median time from starting pktpath to its "tracing" line; the user-space path in events/s
 (bench/consumer.py).
 
@@ -240,9 +242,19 @@ def nat_connection() -> None:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def bpf_run_time_ns() -> int:
+    """Nanoseconds all loaded BPF programs have run so far (with kernel.bpf_stats_enabled)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    return sum(int(prog.get("run_time_ns", 0)) for prog in json.loads(out))
+
+
 def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
             startup: list[float], baseline: str | None = None,
-            memory: dict[str, list[dict[str, int]]] | None = None) -> float:
+            memory: dict[str, list[dict[str, int]]] | None = None,
+            cost: dict[str, list[float]] | None = None) -> float:
+    """One run of a mode: the traffic's rate; its BPF time per packet appended to cost[mode]
+    when cost is given."""
     out = os.path.join(workdir, f"{mode}.out")
     cmd = tracer(mode, traffic, workdir, baseline)
     if cmd is None:
@@ -260,9 +272,14 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
     try:
         if traffic.kind == "udp" or mode.removesuffix("-baseline") != "one-in-100":
             start()
-            if mode == "conn-nomatch":
+            if mode.removesuffix("-baseline") == "conn-nomatch":
                 nat_connection()
-            return traffic.run(seconds)
+            if cost is None:
+                return traffic.run(seconds)
+            before = bpf_run_time_ns()
+            rate = traffic.run(seconds)
+            cost.setdefault(mode, []).append((bpf_run_time_ns() - before) / (rate * seconds))
+            return rate
         return traffic.run(seconds, between=start)  # the filter needs the flow's port
     finally:
         for proc in holder:
@@ -279,6 +296,8 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
     parser.add_argument("--baseline", metavar="DIR",
                         help="an earlier pktpath checkout for the expr-baseline mode")
+    parser.add_argument("--bpf-stats", action="store_true",
+                        help="also the BPF programs' run time per packet (udp only)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("the benchmark needs root (namespaces and BPF)")
@@ -298,6 +317,10 @@ def main() -> int:
     startup: list[float] = []
     memory: dict[str, list[dict[str, int]]] = {}
     results: dict[str, dict[str, list[float]]] = {}
+    cost: dict[str, list[float]] | None = None
+    if args.bpf_stats:
+        cost = {}
+        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
     with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
         for kind in args.traffic.split(","):
             traffic = Traffic(kind, topo, workdir, args.cpu)
@@ -306,25 +329,32 @@ def main() -> int:
                 rates: dict[str, list[float]] = {m: [] for m in modes}
                 for r in range(args.rounds):
                     for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
-                        rates[mode].append(measure(mode, traffic, args.seconds, workdir,
-                                                   startup, args.baseline, memory))
+                        rates[mode].append(measure(
+                            mode, traffic, args.seconds, workdir, startup, args.baseline,
+                            memory, cost if kind == "udp" else None))
                         time.sleep(0.3)
                     print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{m} {rates[m][-1]:,.0f}" for m in modes), file=sys.stderr)
                 results[kind] = rates
             finally:
                 traffic.close()
+                if args.bpf_stats:
+                    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
     print(f"{args.rounds} interleaved rounds of {args.seconds:g} s; ratio = median of "
           "per-round ratios to untraced")
     for kind, rates in results.items():
         unit = "packets/s" if kind == "udp" else "MB/s"
         scale = 1.0 if kind == "udp" else 1e-6
         width = max(14, *(len(mode) + 1 for mode in rates))
-        print(f"\n{kind:<{width}}{unit:>14}{'ratio':>8}")
+        ns = " BPF ns/packet" if cost and kind == "udp" else ""
+        print(f"\n{kind:<{width}}{unit:>14}{'ratio':>8}{ns}")
         base = rates["untraced"]
         for mode, values in rates.items():
             ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
-            print(f"{mode:<{width}}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}")
+            spent = (f"{statistics.median(cost[mode]):>14.0f}" if ns and cost and mode in cost
+                     else "")
+            print(f"{mode:<{width}}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}"
+                  f"{spent}")
     for mode, runs in memory.items():
         rss = statistics.median(r["peak_rss_kib"] for r in runs) / 1024
         maps = statistics.median(r["map_kib"] for r in runs) / 1024
