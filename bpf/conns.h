@@ -5,8 +5,8 @@
  * round, become keys of conn_flows. A later packet whose own addresses and ports are one of
  * them belongs to the connection (its replies, its next packets, before and after the
  * translation, in any namespace, inside VXLAN too) and is traced with the connection's id.
- * A packet of no tracked connection pays a hash of its flow and a bit test (conn_bloom), and
- * nothing until a connection is tracked.
+ * A packet of no tracked connection pays two bit tests of its addresses (conn_addrs), seldom
+ * a hash of its flow and a third (conn_bloom), and nothing until a connection is tracked.
  */
 #ifndef PKTPATH_CONNS_H
 #define PKTPATH_CONNS_H
@@ -33,6 +33,38 @@ __u32 conns_started = 0;
  * CPUs may lose one's bit, which then is not followed. */
 #define CONN_BLOOM_WORDS 1024
 __u64 conn_bloom[CONN_BLOOM_WORDS];
+
+/* A bit per tracked flow's addresses as its packets carry them at bytes 12..19 of their IP
+ * header (IPv4 source and destination; IPv6 bytes 4..11 of the source), tested inline before
+ * the call that reads and hashes a packet's flow (conn_at): once a connection is tracked,
+ * that call was most of what every other packet paid. Read without knowing the ethertype, as
+ * track.h's bits are. Never cleared, like conn_bloom. */
+#define CONN_ADDR_WORDS 256
+__u64 conn_addrs[CONN_ADDR_WORDS];
+
+static __always_inline __u32 addrs_bit(__u64 addrs)
+{
+	return (addrs * 0x9E3779B97F4A7C15ULL) >> 50; /* 14 bits: CONN_ADDR_WORDS * 64 */
+}
+
+static __always_inline bool addrs_set(__u64 addrs)
+{
+	__u32 bit = addrs_bit(addrs);
+
+	return conn_addrs[(bit / 64) & (CONN_ADDR_WORDS - 1)] & (1ULL << (bit % 64));
+}
+
+/* False when the packet at l3 certainly belongs to no tracked connection: neither its
+ * addresses' bit is set, nor those where a VXLAN packet's inner header would be. */
+static __always_inline bool maybe_conn(unsigned char *l3, bool btf)
+{
+	__u64 first = 0, outer = 0, inner = 0;
+
+	(void)PKT_COPY(btf, &first, l3);
+	(void)PKT_COPY(btf, &outer, l3 + 12);
+	(void)PKT_COPY(btf, &inner, l3 + (first & 0xF) * 4 + VXLAN_INNER + 12);
+	return addrs_set(outer) || addrs_set(inner);
+}
 
 static __always_inline __u32 flow_hash(struct pktpath_flow *f)
 {
@@ -163,7 +195,7 @@ static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 {
 	__u64 conn;
 
-	if (!conns_started)
+	if (!conns_started || !maybe_conn(h->l3, btf))
 		return 0;
 	conn = conn_at(h->l3, h->ethertype, 0, btf);
 	if (conn && cfg.trace_set)
@@ -174,8 +206,15 @@ static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 static __always_inline void bloom_add(struct pktpath_flow *f)
 {
 	__u32 bit = flow_hash(f);
+	__u64 addrs;
 
 	conn_bloom[bit / 64] |= 1ULL << (bit % 64);
+	if (f->family == 4)
+		addrs = *(__u32 *)f->saddr | (__u64)*(__u32 *)f->daddr << 32;
+	else
+		__builtin_memcpy(&addrs, f->saddr + 4, sizeof(addrs));
+	bit = addrs_bit(addrs);
+	conn_addrs[(bit / 64) & (CONN_ADDR_WORDS - 1)] |= 1ULL << (bit % 64);
 }
 
 /* A conntrack tuple as a flow, and the flow the other way round. */

@@ -139,6 +139,7 @@ static __always_inline bool ipv6_wanted(unsigned char *l3, bool btf)
 
 #define VXLAN_PORT 4789
 #define VXLAN_LINUX_PORT 8472
+#define VXLAN_INNER 30 /* from the end of an IPv4 header: UDP, VXLAN and Ethernet headers */
 
 /* The inner IPv4 or IPv6 header of a VXLAN packet (UDP to a VXLAN port), or NULL. */
 static __always_inline unsigned char *vxlan_inner(struct ipv4_header *ip, unsigned char *l3,
@@ -162,7 +163,7 @@ static __always_inline unsigned char *vxlan_inner(struct ipv4_header *ip, unsign
 	if (PKT_COPY(btf, &eth, l4 + 16)) /* after the UDP and VXLAN headers */
 		return NULL;
 	*ethertype = bpf_ntohs(eth.ethertype);
-	return l4 + 16 + ETH_HLEN;
+	return l4 + 16 + ETH_HLEN; /* VXLAN_INNER after the IPv4 header */
 }
 
 /* An IPv4 packet is wanted for itself, or for the packet inside it when it is VXLAN. */

@@ -50,7 +50,6 @@ __u32 tracking_started = 0;
 #define TRACK_BLOOM_WORDS 2048
 #define TRACK_BLOOM_BITS 56 /* per word, below its generation byte */
 #define TRACK_GEN_SHIFT 30
-#define VXLAN_INNER 30 /* from the end of an IPv4 header: UDP, VXLAN and Ethernet headers */
 __u64 track_bloom[2][TRACK_BLOOM_WORDS];
 __u64 track_gen = 0; /* the newest generation a bit was set in */
 

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from netlab import Ns
 
 FIELDS = ("sll.ifindex", "sll.pkttype", "ip.src", "ip.dst", "ip.proto", "tcp.srcport",
-          "tcp.dstport", "udp.srcport", "udp.dstport", "icmp.type", "icmp.ident")
+          "tcp.dstport", "udp.srcport", "udp.dstport", "icmp.type", "icmp.ident", "ipv6.src",
+          "ipv6.dst", "ipv6.nxt")
 OUTGOING = 4  # sll.pkttype of a packet the namespace sent
 
 
 @dataclass(frozen=True)
 class Seen:
-    """One packet seen on one interface, by its innermost IPv4 header."""
+    """One packet seen on one interface, by its innermost IPv4 header (or its IPv6 one; no
+    ICMPv6 fields)."""
 
     netns: int
     ifname: str
@@ -52,10 +54,12 @@ def _read(path: str, ns: Ns, names: dict[int, str]) -> list[Seen]:
         capture_output=True, text=True, check=True).stdout
     seen = []
     for line in out.splitlines():
-        ifindex, pkttype, src, dst, proto, tsp, tdp, usp, udp, icmp_type, ident = (
+        ifindex, pkttype, src, dst, proto, tsp, tdp, usp, udp, icmp_type, ident, *ipv6 = (
             line.split("\t") + [""] * len(FIELDS))[:len(FIELDS)]
         if not src:
-            continue  # not IPv4
+            src, dst, proto = ipv6
+        if not src:
+            continue  # neither IPv4 nor IPv6
         sport, dport = _int(tsp or usp), _int(tdp or udp)
         if ident:
             sport, dport = int(ident, 0), 0

@@ -209,7 +209,7 @@ def tcp_listener(ns: Ns, port: int, address: str = "0.0.0.0") -> Iterator[subpro
     starts once it listens, and the process is gone after it."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", ns.name, sys.executable, "-c",
-         "import socket; s=socket.socket();"
+         f"import socket; s=socket.socket(socket.{'AF_INET6' if ':' in address else 'AF_INET'});"
          "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
          f"s.bind(('{address}', {port})); s.listen(); c, _ = s.accept(); c.recv(10)"],
         text=True)

@@ -130,6 +130,41 @@ def test_a_masqueraded_connection_is_followed_both_ways(lab: Netlab, trace: Any)
     assert {e.get("conn") for e in events if reply(e)} == {1}
 
 
+def test_a_masqueraded_ipv6_connection_is_followed_both_ways(lab: Netlab, trace: Any) -> None:
+    need(shutil.which("ip6tables") is not None, "ip6tables is not installed")
+    net = routed(lab, 95, 96)
+    c1, c2, out = "fd00:200:0:95::2", "fd00:200:0:96::2", "fd00:200:0:96::1"
+    for ns, dev, addr in ((net.c1, "eth0", c1), (net.router, "to-c1", "fd00:200:0:95::1"),
+                          (net.c2, "eth0", c2), (net.router, "to-c2", out)):
+        ns.ip("addr", "add", f"{addr}/64", "dev", dev, "nodad")
+    net.c1.ip("-6", "route", "add", "default", "via", "fd00:200:0:95::1")
+    net.c2.ip("-6", "route", "add", "default", "via", out)
+    net.router.sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    net.router.sh("ip6tables", "-t", "nat", "-A", "POSTROUTING", "-o", "to-c2", "-j",
+                  "MASQUERADE")
+    captured: list[Seen] = []
+    with tcp_listener(net.c2, 80, "::") as server:
+        tracked = trace(f"tcp and src host {c1}", "--json")
+        with capture([net.c1, net.router, net.c2], captured):
+            connect(net.c1, c2, 80)
+            server.wait(5)
+        events = tracked.stop().events()
+
+    def request(e: dict[str, Any]) -> bool:
+        return e["dst"] == c2
+
+    def reply(e: dict[str, Any]) -> bool:
+        return e["src"] == c2
+
+    assert places(events, request) == seen(captured, request)
+    assert places(events, reply) == seen(captured, reply) == {
+        (net.c2.inode, "eth0", "out"), (net.router.inode, "to-c2", "in"),
+        (net.router.inode, "to-c1", "out"), (net.c1.inode, "eth0", "in")}
+    snat = [e for e in events if e.get("rewrite") == "SNAT"]
+    assert snat and snat[0]["src"] == out
+    assert {e.get("conn") for e in events if reply(e)} == {1}
+
+
 def test_the_cli_names_a_service_address_from_the_kubeconfig(
         lab: Netlab, trace: Any, cluster: Any) -> None:
     svc = "10.200.249.50"
