@@ -60,6 +60,15 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 	((btf) ? (*(dst) = *(typeof(dst))bpf_rdonly_cast((src), 0), 0)            \
 	       : bpf_probe_read_kernel((dst), sizeof(*(dst)), (src)))
 
+/* Under tp_btf, a hook's argument as an untrusted pointer: read the same way (direct loads
+ * that read zero on a fault), but the verifier no longer asks, for every pointer loaded from
+ * it (skb->dev, dev->nd_net.net...), whether the kernel declares that field trusted: each
+ * asking is a linear search of the kernel's BTF for a "<type>__safe_trusted..." name (6.5+),
+ * ~12 % of verifying pktpath's programs. Nothing here passes them to a helper that needs
+ * them trusted. */
+#define UNTRUSTED(btf, p, type) \
+	((btf) ? (type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)) : (p))
+
 /* A packet address as a number, as a global function's argument must be: under tp_btf a
  * packet pointer is memory the verifier tracks, and it minus a null one of its kind is a
  * number (pointer subtraction, which privileged programs may do). */

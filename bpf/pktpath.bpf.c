@@ -140,9 +140,10 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 }
 
 
-static __always_inline int handle(void *ctx, struct sk_buff *skb, __u8 hook, bool btf,
+static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook, bool btf,
 				  __u64 location, __u32 reason)
 {
+	struct sk_buff *skb = UNTRUSTED(btf, hook_skb, struct sk_buff);
 	struct net_device *dev = READ(btf, skb, dev);
 	struct headers h = {};
 	struct ct_note ct = {};
