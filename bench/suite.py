@@ -321,6 +321,19 @@ def main() -> int:
     if args.bpf_stats:
         cost = {}
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
+    try:
+        run_all(args, modes, startup, memory, results, cost)
+    finally:
+        if args.bpf_stats:
+            subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
+    report(args, results, memory, startup, cost)
+    return 0
+
+
+def run_all(args: argparse.Namespace, modes: list[str], startup: list[float],
+            memory: dict[str, list[dict[str, int]]], results: dict[str, dict[str, list[float]]],
+            cost: dict[str, list[float]] | None) -> None:
+    """Every round of every traffic kind; rates into results."""
     with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
         for kind in args.traffic.split(","):
             traffic = Traffic(kind, topo, workdir, args.cpu)
@@ -338,8 +351,12 @@ def main() -> int:
                 results[kind] = rates
             finally:
                 traffic.close()
-                if args.bpf_stats:
-                    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
+           memory: dict[str, list[dict[str, int]]], startup: list[float],
+           cost: dict[str, list[float]] | None) -> None:
+    """Print the medians, ratios, BPF time, memory, start and user-space figures."""
     print(f"{args.rounds} interleaved rounds of {args.seconds:g} s; ratio = median of "
           "per-round ratios to untraced")
     for kind, rates in results.items():
@@ -365,7 +382,6 @@ def main() -> int:
     consumer = subprocess.run([sys.executable, os.path.join(REPO, "bench", "consumer.py")],
                               capture_output=True, text=True, check=False)
     print("\nuser-space path (bench/consumer.py):\n" + (consumer.stdout or consumer.stderr))
-    return 0
 
 
 if __name__ == "__main__":

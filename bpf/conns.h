@@ -42,28 +42,35 @@ __u64 conn_bloom[CONN_BLOOM_WORDS];
 #define CONN_ADDR_WORDS 256
 __u64 conn_addrs[CONN_ADDR_WORDS];
 
-static __always_inline __u32 addrs_bit(__u64 addrs)
+/* The word of conn_addrs that holds addrs' bit, and the bit in *bit. */
+static __always_inline __u64 *addrs_word(__u64 addrs, __u64 *bit)
 {
-	return (addrs * 0x9E3779B97F4A7C15ULL) >> 50; /* 14 bits: CONN_ADDR_WORDS * 64 */
+	__u32 n = (addrs * 0x9E3779B97F4A7C15ULL) >> 50; /* 14 bits: CONN_ADDR_WORDS * 64 */
+
+	*bit = 1ULL << (n % 64);
+	return &conn_addrs[(n / 64) & (CONN_ADDR_WORDS - 1)];
 }
 
 static __always_inline bool addrs_set(__u64 addrs)
 {
-	__u32 bit = addrs_bit(addrs);
+	__u64 bit;
 
-	return conn_addrs[(bit / 64) & (CONN_ADDR_WORDS - 1)] & (1ULL << (bit % 64));
+	return *addrs_word(addrs, &bit) & bit;
 }
 
 /* False when the packet at l3 certainly belongs to no tracked connection: neither its
- * addresses' bit is set, nor those where a VXLAN packet's inner header would be. */
+ * addresses' bit is set, nor those where a VXLAN packet's inner header would be. Its first
+ * 20 bytes in one read (one helper call under raw_tp, not two). */
 static __always_inline bool maybe_conn(unsigned char *l3, bool btf)
 {
-	__u64 first = 0, outer = 0, inner = 0;
+	struct {
+		__u32 word[5];
+	} ip = {};
+	__u64 inner = 0;
 
-	(void)PKT_COPY(btf, &first, l3);
-	(void)PKT_COPY(btf, &outer, l3 + 12);
-	(void)PKT_COPY(btf, &inner, l3 + (first & 0xF) * 4 + VXLAN_INNER + 12);
-	return addrs_set(outer) || addrs_set(inner);
+	(void)PKT_COPY(btf, &ip, l3);
+	(void)PKT_COPY(btf, &inner, l3 + (ip.word[0] & 0xF) * 4 + VXLAN_INNER + 12);
+	return addrs_set(ip.word[3] | (__u64)ip.word[4] << 32) || addrs_set(inner);
 }
 
 static __always_inline __u32 flow_hash(struct pktpath_flow *f)
@@ -205,16 +212,15 @@ static __always_inline __u64 conn_of(struct headers *h, __u64 *traces, bool btf)
 
 static __always_inline void bloom_add(struct pktpath_flow *f)
 {
-	__u32 bit = flow_hash(f);
-	__u64 addrs;
+	__u32 n = flow_hash(f);
+	__u64 addrs, bit;
 
-	conn_bloom[bit / 64] |= 1ULL << (bit % 64);
+	conn_bloom[n / 64] |= 1ULL << (n % 64);
 	if (f->family == 4)
 		addrs = *(__u32 *)f->saddr | (__u64)*(__u32 *)f->daddr << 32;
-	else
+	else /* bytes 12..19 of its header */
 		__builtin_memcpy(&addrs, f->saddr + 4, sizeof(addrs));
-	bit = addrs_bit(addrs);
-	conn_addrs[(bit / 64) & (CONN_ADDR_WORDS - 1)] |= 1ULL << (bit % 64);
+	*addrs_word(addrs, &bit) |= bit;
 }
 
 /* A conntrack tuple as a flow, and the flow the other way round. */
