@@ -301,7 +301,8 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("the benchmark needs root (namespaces and BPF)")
-    modes = ["untraced", *[m for m in args.modes.split(",") if m]]
+    # untraced is always measured, once (dict: each mode once, in the order given)
+    modes = list(dict.fromkeys(["untraced", *filter(None, args.modes.split(","))]))
     for tool, mode in (("bpftrace", "bpftrace"), ("perf", "perf-trace")):
         if mode in modes and shutil.which(tool) is None:
             print(f"{tool} is not installed: leaving out {mode}", file=sys.stderr)

@@ -109,3 +109,21 @@ def test_an_answered_icmpv6_echo_request_freed_by_an_older_kernel_is_not_a_drop(
     assert answered.consumed, "not shown, as newer kernels' consume_skb is not"
     elsewhere = j.judge(request, 2, 0x3010, ())  # freed in ip_forward: a drop all the same
     assert elsewhere.drop
+
+
+def test_a_fate_decided_once_is_given_only_to_packets_it_fits() -> None:
+    """A flood's frees share a fate decided once: never one decided for another family, TTL
+    or (for echoes) for what the trace had seen then."""
+    j = judge()
+    stack = (0x9999, 0x1010, 0x2008)
+    udp4, udp6 = Packet(family="ipv4", ip_proto=17), Packet(family="ipv6", ip_proto=17)
+    assert j.judge(udp4, 6, 0x1010, stack) is j.judge(udp4, 6, 0x1010, stack)
+    assert j.judge(udp6, 6, 0x1010, stack).explain == "netfilter, ip6 family, input hook"
+    assert j.judge(udp4, 6, 0x1010, stack).explain == "netfilter, ip family, input hook"
+    assert j.judge(udp4, 6, 0x1010, (0x9999, 0x1010, 0x3008)).explain.endswith("forward hook")  # type: ignore[union-attr]
+    assert j.judge(Packet(family="ipv4", ttl=5), 9, 0x3010, ()).explain != "TTL expired"
+    assert j.judge(Packet(family="ipv4", ttl=1), 9, 0x3010, ()).explain == "TTL expired"
+    assert j.judge(REPLY, 3, 0x1010, ()).drop is True  # its request not seen yet
+    j.observe(REQUEST)
+    assert j.judge(REPLY, 3, 0x1010, ()).drop is False
+    assert j.judge(udp4, 3, 0x1010, ()).drop is True

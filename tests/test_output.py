@@ -143,6 +143,37 @@ def test_names_from_outside_are_escaped_as_json_escapes_them() -> None:
         'a"b\\c\x01d', "shop/web-0\u2028\n", 'svc "shop"/db\u00e9')
 
 
+def test_a_streams_writer_writes_each_hop_as_json_line_alone() -> None:
+    """The writer remembers the keys of the packet and the fate it wrote last (a packet's
+    hops share one Packet, a flood's frees one Fate): each line is still json_line's."""
+    from pktpath.cli.stream import formatter
+    from pktpath.core.fate import FateJudge
+    from pktpath.core.packet import Recent
+    from pktpath.core.symbols import Symbols
+    from pktpath.view.hops import json_line
+
+    udp = eth(0x0800) + ipv4(17, struct.pack("!HHHH", 1, 2, 8, 0))
+    other = udp[:-12] + bytes([10, 200, 0, 9]) + udp[-8:]  # another destination
+    arp = eth(0x0806) + bytes.fromhex("0001080006040001") + bytes(20)
+    free = {"hook": Hook.KFREE_SKB, "location": 0x10}
+    records = [record(udp, packet=1), record(udp, packet=1, hook=Hook.NETIF_RECEIVE_SKB,
+                                             ifname="eth0"),
+               record(udp, packet=1, reason=2, **free), record(other, packet=2),
+               record(other, packet=2, reason=2, **free), record(other, packet=3, reason=3,
+                                                                 **free),
+               record(arp, packet=4, protocol=0x0806), record(udp, packet=5, vlan_tci=7),
+               record(udp, packet=5, reason=3, **free)]
+    judge = FateJudge({2: "NO_SOCKET", 3: "NOT_SPECIFIED"}, Symbols("/nonexistent"))
+    packets = Recent()
+    hops = [hop_from_record(raw, judge, None, packets) for raw in records]
+    assert hops[0] and hops[1] and hops[0].packet is hops[1].packet  # shared: remembered
+    assert hops[2] and hops[4] and hops[2].fate is hops[4].fate
+    write = formatter(True)
+    lines = [write(hop) for hop in hops if hop]
+    assert lines == [json_line(hop) for hop in hops if hop]
+    assert len(set(lines)) == len(lines) == 9
+
+
 # every key a hop's JSON may have (README.md documents them)
 JSON_KEYS = {
     "time_ns", "hook", "netns", "netns_name", "ifindex", "ifname", "skb", "packet", "cpu", "len",

@@ -61,9 +61,9 @@ def formatter(as_json: bool, latency: bool = False,
               addresses: Mapping[str, str] | None = None) -> Callable[[Hop], str]:
     """The function that turns a hop into its output line (marking NAT rewrites, naming
     namespaces and, with addresses, some addresses)."""
-    from pktpath.view.hops import Connections, Rewrites, json_line, text_line
+    from pktpath.view.hops import Connections, LastKeys, Rewrites, json_line, text_line
 
-    rewrites, connections = Rewrites(), Connections()
+    rewrites, connections, last = Rewrites(), Connections(), LastKeys()
 
     def name(hop: Hop) -> str | None:
         return names(hop.event.netns) if names is not None and hop.event.netns else None
@@ -72,7 +72,7 @@ def formatter(as_json: bool, latency: bool = False,
         e = hop.event
         return json_line(hop, rewrites(hop),
                          names(e.netns) if names is not None and e.netns else None,
-                         connections(hop) if e.conn else None, addresses)
+                         connections(hop) if e.conn else None, addresses, last)
 
     if as_json:
         return line

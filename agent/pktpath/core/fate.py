@@ -198,6 +198,7 @@ class FateJudge:
         self._echo_set: set[tuple[str, int, int, str | None, str | None]] = set()
         self._errors: dict[int, IcmpSent] = {}  # by skb address, until its free arrives
         self._routes: dict[tuple[int, str | None, str | None], tuple[int, Route]] = {}
+        self._decided: dict[tuple[object, ...], Fate] = {}  # _judge's, for packets not echoes
         self._memory = memory
 
     @property
@@ -276,6 +277,21 @@ class FateJudge:
 
     def _judge(self, packet: Packet, reason: int, location: int,
                stack: tuple[int, ...]) -> Fate:
+        if packet.echo is not None:  # the rules on echoes look at what this trace saw
+            return self._decide(packet, reason, location, stack)
+        # otherwise the fate depends on no more than this, and a flood frees at few places:
+        # decided once (a Fate is never changed once made, and hops share it)
+        key = (reason, location, stack, packet.family, packet.ttl is not None and packet.ttl <= 1)
+        fate = self._decided.get(key)
+        if fate is None:
+            fate = self._decide(packet, reason, location, stack)
+            if len(self._decided) >= self._memory:
+                self._decided.clear()
+            self._decided[key] = fate
+        return fate
+
+    def _decide(self, packet: Packet, reason: int, location: int,
+                stack: tuple[int, ...]) -> Fate:
         # a kernel before 5.17 gives no reason (and has no enum skb_drop_reason)
         name = self._reasons.get(reason, f"reason {reason}") if self._reasons else UNKNOWN
         where = self.symbols.name(location)

@@ -16,6 +16,7 @@ from pktpath.core.packet import Packet
 from pktpath.core.record import RawEvent
 
 WINDOW_NS = 1_000_000_000
+_KFREE_SKB = int(Hook.KFREE_SKB)  # an int: comparing with the IntEnum costs more, per hop
 
 
 class SinceFirst:
@@ -34,6 +35,6 @@ class SinceFirst:
             self._first[key] = first
             if len(self._first) > self._memory:
                 self._first.popitem(last=False)
-        if event.hook == Hook.KFREE_SKB:
+        if event.hook == _KFREE_SKB:
             self._first.pop(key, None)  # the address may now be reused
         return event.time_ns - first

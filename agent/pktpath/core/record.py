@@ -75,6 +75,7 @@ _CT_STATE = [None, *CT_STATES, *([None] * (256 - 1 - len(CT_STATES)))]
 _CT_NAT = [CtNat(i) for i in range(4)]
 _NO_STACK: tuple[int, ...] = ()
 _STACK_OFFSET = EVENT_OFFSETS["stack"][0]
+_STACK_END, _ZERO_WORD = _STACK_OFFSET + 8, bytes(8)
 _KFREE_SKB = int(Hook.KFREE_SKB)
 
 
@@ -93,8 +94,10 @@ def decode_event(record: bytes | memoryview) -> RawEvent:
     except struct.error:
         raise ValueError(f"event record of {len(record)} bytes, expected at least "
                          f"{DATA_OFFSET}") from None
+    # only a free has a stack, and most frees none (the kernel writes a zero first word)
     stack = (tuple(itertools.takewhile(bool, _STACK.unpack_from(record, _STACK_OFFSET)))
-             if hook == _KFREE_SKB else _NO_STACK)
+             if hook == _KFREE_SKB and record[_STACK_OFFSET:_STACK_END] != _ZERO_WORD
+             else _NO_STACK)
     # data: cap_len bytes, at most SNAPLEN, as far as the record goes (a slice stops there)
     data = bytes(record[DATA_OFFSET:DATA_OFFSET + (cap_len if cap_len < SNAPLEN else SNAPLEN)])
     vlan = flags & _VLAN

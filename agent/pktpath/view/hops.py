@@ -84,7 +84,7 @@ class Rewrites:
     """
 
     def __init__(self, memory: int = 4096) -> None:
-        self._last: OrderedDict[int, tuple[object, ...]] = OrderedDict()
+        self._last: OrderedDict[int, Packet] = OrderedDict()
         self._memory = memory
 
     def __call__(self, hop: Hop) -> Rewrite | None:
@@ -92,19 +92,23 @@ class Rewrites:
         p, packet = hop.packet, hop.event.packet
         if not packet or p.src is None:
             return None
-        now = (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
         before = self._last.pop(packet, None)
         if hop.event.first:
             before = None  # a new packet that took a freed one's identity
         if hop.fate is None:
-            self._last[packet] = now
+            self._last[packet] = p
             if len(self._last) > self._memory:
                 self._last.popitem(last=False)
-        if before is None or before == now or before[4:] != now[4:]:
+        if before is None or before is p:  # the same bytes: one Packet (packet.Recent)
+            return None
+        was = (before.src, before.sport, before.dst, before.dport, before.ip_proto,
+               before.icmp_id, before.icmp_seq)
+        now = (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
+        if was == now or was[4:] != now[4:]:
             return None
         changes = tuple(
             (kind, _endpoint_text(a), _endpoint_text(b))
-            for kind, a, b in (("SNAT", before[:2], now[:2]), ("DNAT", before[2:4], now[2:4]))
+            for kind, a, b in (("SNAT", was[:2], now[:2]), ("DNAT", was[2:4], now[2:4]))
             if a != b)
         return Rewrite("+".join(kind for kind, _, _ in changes), changes)
 
@@ -194,10 +198,12 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # the nested objects, 
 
 def json_line(hop: Hop, rewrite: Rewrite | None = None,
               netns_name: str | None = None, conn: int | None = None,
-              addresses: Mapping[str, str] | None = None) -> str:
+              addresses: Mapping[str, str] | None = None,
+              last: LastKeys | None = None) -> str:
     """The hop as one line of JSON, the one serialisation of a hop (keys documented in
     README.md, absent when they do not apply); addresses names some addresses (``src_name``,
-    ``dst_name``).
+    ``dst_name``); last remembers the keys of the packet and the fate it wrote last (a
+    stream's writer keeps one: a packet's hops come in a row, a flood's frees share a fate).
 
     Written as text, not built as a dict and encoded: ~4 times faster, and a flood's every
     event comes through here. Strings that come from outside pktpath (interface, namespace and
@@ -207,34 +213,17 @@ def json_line(hop: Hop, rewrite: Rewrite | None = None,
     e, p = hop.event, hop.packet
     hook = HOOK_NAMES.get(e.hook) or f"hook-{e.hook}"
     named = f',"netns_name":{_quote(netns_name)}' if netns_name else ""
-    family = p.family or f"ethertype-0x{p.ethertype or e.protocol:04x}"
     # 0x and 16 hex digits each: what hex() writes for a kernel address, 3 times faster
     ids = (f'"skb":"{hex(e.skb)}","packet":"{hex(e.packet)}"' if (e.skb & e.packet) >> 60
            else f'"skb":"0x{e.skb:016x}","packet":"0x{e.packet:016x}"')
+    link, upper = (last.packet if last else _packet_keys)(p, e.protocol, addresses)
     line = (f'{{"time_ns":{e.time_ns},"hook":"{hook}","netns":{e.netns}{named},'
             f'"ifindex":{e.ifindex},"ifname":{_quote(e.ifname)},{ids},"cpu":{e.cpu},'
-            f'"len":{e.len},"family":"{family}"')
-    if p.eth_src is not None:
-        line += f',"eth_src":"{p.eth_src}","eth_dst":"{p.eth_dst}"'
+            f'"len":{e.len}{link}')
     vlan = e.vlan_tci & 0x0FFF if e.vlan_tci is not None else (p.vlans[0] if p.vlans else None)
     if vlan is not None:
         line += f',"vlan":{vlan}'
-    line += _addresses(p, addresses)
-    if p.sport is not None:
-        line += f',"sport":{p.sport},"dport":{p.dport}'
-    if p.tcp_flags is not None:
-        line += f',"tcp_flags":"{tcp_flags_text(p.tcp_flags)}"'
-    if p.icmp_type is not None:
-        line += f',"icmp_type":{p.icmp_type},"icmp_code":{p.icmp_code}'
-        if p.icmp_id is not None:
-            line += f',"icmp_id":{p.icmp_id},"icmp_seq":{p.icmp_seq}'
-    if p.arp_op is not None:
-        op = ARP_OPS.get(p.arp_op)
-        line += f',"arp_op":"{op}"' if op else f',"arp_op":{p.arp_op}'
-    if p.fragment:
-        line += ',"fragment":true'
-    if p.truncated:
-        line += ',"truncated":true'
+    line += upper
     if hop.since_first_ns is not None:
         line += f',"since_first_ns":{hop.since_first_ns}'
     if rewrite:
@@ -257,24 +246,78 @@ def json_line(hop: Hop, rewrite: Rewrite | None = None,
             ("table", r.table), ("interface", r.interface), ("gateway", r.gateway),
             ("error", r.error)) if v})
     if hop.fate is not None:
-        line += _fate(hop.fate)
+        line += last.fate(hop.fate) if last else _fate(hop.fate)
     return line + "}"
 
 
-def _addresses(p: Packet, addresses: Mapping[str, str] | None) -> str:
-    """proto, src, src_name, dst, dst_name and ttl, those that apply."""
-    keys = f',"proto":"{p.proto}"' if p.proto is not None else ""
+def _packet_keys(p: Packet, protocol: int,
+                 addresses: Mapping[str, str] | None) -> tuple[str, str]:
+    """A packet's own keys, in two parts (the hop's vlan goes between them): family, eth_src
+    and eth_dst; then proto, src, dst and their names, ttl, ports, TCP flags, ICMP, ARP,
+    fragment and truncated, those that apply (protocol: the hop's ethertype, for a packet
+    of another family)."""
+    family = p.family or f"ethertype-0x{p.ethertype or protocol:04x}"
+    link = f',"family":"{family}"'
+    if p.eth_src is not None:
+        link += f',"eth_src":"{p.eth_src}","eth_dst":"{p.eth_dst}"'
+    upper = f',"proto":"{p.proto}"' if p.proto is not None else ""
     if p.src is not None:
-        keys += f',"src":"{p.src}"'
+        upper += f',"src":"{p.src}"'
         if addresses and p.src in addresses:
-            keys += f',"src_name":{_quote(addresses[p.src])}'
+            upper += f',"src_name":{_quote(addresses[p.src])}'
     if p.dst is not None:
-        keys += f',"dst":"{p.dst}"'
+        upper += f',"dst":"{p.dst}"'
         if addresses and p.dst in addresses:
-            keys += f',"dst_name":{_quote(addresses[p.dst])}'
+            upper += f',"dst_name":{_quote(addresses[p.dst])}'
     if p.ttl is not None:
-        keys += f',"ttl":{p.ttl}'
-    return keys
+        upper += f',"ttl":{p.ttl}'
+    if p.sport is not None:
+        upper += f',"sport":{p.sport},"dport":{p.dport}'
+    if p.tcp_flags is not None:
+        upper += f',"tcp_flags":"{tcp_flags_text(p.tcp_flags)}"'
+    if p.icmp_type is not None:
+        upper += f',"icmp_type":{p.icmp_type},"icmp_code":{p.icmp_code}'
+        if p.icmp_id is not None:
+            upper += f',"icmp_id":{p.icmp_id},"icmp_seq":{p.icmp_seq}'
+    if p.arp_op is not None:
+        op = ARP_OPS.get(p.arp_op)
+        upper += f',"arp_op":"{op}"' if op else f',"arp_op":{p.arp_op}'
+    if p.fragment:
+        upper += ',"fragment":true'
+    if p.truncated:
+        upper += ',"truncated":true'
+    return link, upper
+
+
+class LastKeys:
+    """The JSON keys of the packet and of the fate written last, remembered: one packet's hops
+    come in a row and share one Packet (packet.Recent), and a flood's frees share a Fate
+    (fate.FateJudge); neither is changed once made. A flood's packet is then written once
+    for its three hops, and its fate once for all its frees."""
+
+    __slots__ = ("_addresses", "_fate", "_fate_keys", "_keys", "_packet", "_protocol")
+
+    def __init__(self) -> None:
+        self._packet: Packet | None = None
+        self._protocol = -1
+        self._addresses: Mapping[str, str] | None = None
+        self._keys = ("", "")
+        self._fate: Fate | None = None
+        self._fate_keys = ""
+
+    def packet(self, p: Packet, protocol: int,
+               addresses: Mapping[str, str] | None) -> tuple[str, str]:
+        """What _packet_keys(p, protocol, addresses) returns."""
+        if p is not self._packet or protocol != self._protocol or addresses is not self._addresses:
+            self._keys = _packet_keys(p, protocol, addresses)
+            self._packet, self._protocol, self._addresses = p, protocol, addresses
+        return self._keys
+
+    def fate(self, fate: Fate) -> str:
+        """What _fate(fate) returns."""
+        if fate is not self._fate:
+            self._fate_keys, self._fate = _fate(fate), fate
+        return self._fate_keys
 
 
 def _fate(fate: Fate) -> str:
