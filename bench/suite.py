@@ -10,6 +10,8 @@ side mean anything):
   nomatch      (a) pktpath trace --host 10.200.99.99 (a filter matching nothing)
   one-in-100   (b) pktpath trace matching 1 flow of the 100, JSON to a file
   all-to-file  (c) pktpath trace with no filter, JSON to a file
+  floor        programs that return at once on the tracepoints of (a) (bench/floor.py): what
+               any program there costs the flood, the ceiling of (a)'s ratio on this machine
   bpftrace     bpftrace counting the same tracepoints (net_dev_queue, netif_receive_skb,
                kfree_skb, consume_skb)
   perf-trace   perf trace -e 'net:*' -a to a file
@@ -201,6 +203,7 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
         "nomatch": [*pktpath, "--host", "10.200.99.99"],
         "one-in-100": [*pktpath, *traffic.one_flow_filter(), "--json"],
         "all-to-file": [*pktpath, "--json"],
+        "floor": [sys.executable, os.path.join(REPO, "bench", "floor.py")],
         "bpftrace": ["bpftrace", "-e", f"{TRACEPOINTS} {{ @[probe] = count(); }}"],
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
                        os.path.join(workdir, "perf.out")],
@@ -292,7 +295,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--traffic", default="udp,tcp", help="udp, tcp or both")
-    parser.add_argument("--modes", default="nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
+    parser.add_argument("--modes",
+                        default="floor,nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
     parser.add_argument("--baseline", metavar="DIR",
                         help="an earlier pktpath checkout for the expr-baseline mode")
