@@ -10,6 +10,7 @@ side mean anything):
   nomatch      (a) pktpath trace --host 10.200.99.99 (a filter matching nothing)
   one-in-100   (b) pktpath trace matching 1 flow of the 100, JSON to a file
   all-to-file  (c) pktpath trace with no filter, JSON to a file
+  all-no-track (c) with --no-track: the same hops, packets not followed through clones and NAT
   floor        programs that return at once on the tracepoints of (a) (bench/floor.py): what
                any program there costs the flood, the ceiling of (a)'s ratio on this machine
   bpftrace     bpftrace counting the same tracepoints (net_dev_queue, netif_receive_skb,
@@ -203,6 +204,7 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
         "nomatch": [*pktpath, "--host", "10.200.99.99"],
         "one-in-100": [*pktpath, *traffic.one_flow_filter(), "--json"],
         "all-to-file": [*pktpath, "--json"],
+        "all-no-track": [*pktpath, "--json", "--no-track"],
         "floor": [sys.executable, os.path.join(REPO, "bench", "floor.py")],
         "bpftrace": ["bpftrace", "-e", f"{TRACEPOINTS} {{ @[probe] = count(); }}"],
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",

@@ -194,3 +194,24 @@ def test_agent_says_whether_its_host_namespace_is_missing_or_unreadable(tmp_path
                              "opened (permission denied): give the agent the host PID namespace "
                              "and CAP_SYS_PTRACE, or --host-netns /proc/self/ns/net when it "
                              "shares the host's network\n")
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_a_trace_without_filter_says_how_to_make_it_lighter(track: bool) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from pktpath.cli.stream import announce
+    from pktpath.core.event import Hook
+    from pktpath.core.filters import TraceFilter
+    from pktpath.core.loader import HookStatus, LoadReport
+
+    report = LoadReport()
+    report.hooks = [HookStatus(Hook.NET_DEV_QUEUE, hook_type="tp_btf")]
+    err = io.StringIO()
+    announce(SimpleNamespace(report=report, filter=TraceFilter(track=track)),  # type: ignore[arg-type]
+             err)
+    heavy, tracing = err.getvalue().splitlines()
+    assert heavy.startswith("pktpath: no filter: tracing every packet on every interface is heavy")
+    assert ("add --no-track" in heavy) is track  # it is already lighter without tracking
+    assert tracing == "pktpath: tracing every packet at net_dev_queue (tp_btf); Ctrl-C stops"

@@ -49,8 +49,12 @@ def announce(tracer: Tracer, err: TextIO) -> None:
                 f"hook {status.hook.tracepoint} not attached ({status.error})", missing,
                 "the other hooks keep working"))))
     if tracer.filter.empty:
+        # following every packet is most of the kernel's cost then (bench/suite.py (c))
+        lighter = (" (or add --no-track: the same hops, without the packet identity and "
+                   "conntrack keys that following packets gives, at about a third of the "
+                   "kernel's cost)" if tracer.filter.track else "")
         message(err, "no filter: tracing every packet on every interface is heavy; narrow it "
-                     "with --host, --proto, --port, --netns or -i")
+                     f"with --host, --proto, --port, --netns or -i{lighter}")
     hooks = ", ".join(f"{s.hook.tracepoint}" for s in report.attached)
     kind = report.attached[0].hook_type
     message(err, f"tracing {tracer.filter.describe()} at {hooks} ({kind}); Ctrl-C stops")
