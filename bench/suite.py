@@ -11,6 +11,7 @@ side mean anything):
   one-in-100   (b) pktpath trace matching 1 flow of the 100, JSON to a file
   all-to-file  (c) pktpath trace with no filter, JSON to a file
   all-no-track (c) with --no-track: the same hops, packets not followed through clones and NAT
+  one-no-track (b) with --no-track: only the matching flow's hops, not the rest of their way
   floor        programs that return at once on the tracepoints of (a) (bench/floor.py): what
                any program there costs the flood, the ceiling of (a)'s ratio on this machine
   bpftrace     bpftrace counting the same tracepoints (net_dev_queue, netif_receive_skb,
@@ -205,6 +206,7 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
         "one-in-100": [*pktpath, *traffic.one_flow_filter(), "--json"],
         "all-to-file": [*pktpath, "--json"],
         "all-no-track": [*pktpath, "--json", "--no-track"],
+        "one-no-track": [*pktpath, *traffic.one_flow_filter(), "--json", "--no-track"],
         "floor": [sys.executable, os.path.join(REPO, "bench", "floor.py")],
         "bpftrace": ["bpftrace", "-e", f"{TRACEPOINTS} {{ @[probe] = count(); }}"],
         "perf-trace": ["perf", "trace", "-a", "-e", "net:*", "-o",
@@ -216,6 +218,7 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
     }[mode]
 
 
+ONE_FLOW = ("one-in-100", "one-no-track")  # modes whose filter is one flow of the traffic
 MARKERS = {"bpftrace": "Attaching", "perf-trace": "", "drop-watch": "counting drops"}
 
 
@@ -261,12 +264,14 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
     """One run of a mode: the traffic's rate; its BPF time per packet appended to cost[mode]
     when cost is given."""
     out = os.path.join(workdir, f"{mode}.out")
-    cmd = tracer(mode, traffic, workdir, baseline)
-    if cmd is None:
+    if tracer(mode, traffic, workdir, baseline) is None:
         return traffic.run(seconds)
     holder: list[subprocess.Popen[str]] = []
 
     def start() -> None:
+        # the command when it starts: a TCP flow's filter needs the port of this run's sender
+        cmd = tracer(mode, traffic, workdir, baseline)
+        assert cmd is not None
         proc, took = started(cmd, MARKERS.get(mode, "tracing"), out, wait=2.0,
                              marker_on_stdout=mode == "bpftrace",
                              stdout_pipe=mode.startswith("agent-"))
@@ -275,7 +280,7 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
             startup.append(took)
 
     try:
-        if traffic.kind == "udp" or mode.removesuffix("-baseline") != "one-in-100":
+        if traffic.kind == "udp" or mode.removesuffix("-baseline") not in ONE_FLOW:
             start()
             if mode.removesuffix("-baseline") == "conn-nomatch":
                 nat_connection()
