@@ -264,7 +264,7 @@ def measure(mode: str, traffic: Traffic, seconds: float, workdir: str,
     """One run of a mode: the traffic's rate; its BPF time per packet appended to cost[mode]
     when cost is given."""
     out = os.path.join(workdir, f"{mode}.out")
-    if tracer(mode, traffic, workdir, baseline) is None:
+    if mode == "untraced":
         return traffic.run(seconds)
     holder: list[subprocess.Popen[str]] = []
 

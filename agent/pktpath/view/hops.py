@@ -101,9 +101,7 @@ class Rewrites:
                 self._last.popitem(last=False)
         if before is None or before is p:  # the same bytes: one Packet (packet.Recent)
             return None
-        was = (before.src, before.sport, before.dst, before.dport, before.ip_proto,
-               before.icmp_id, before.icmp_seq)
-        now = (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
+        was, now = _identity(before), _identity(p)
         if was == now or was[4:] != now[4:]:
             return None
         changes = tuple(
@@ -111,6 +109,12 @@ class Rewrites:
             for kind, a, b in (("SNAT", was[:2], now[:2]), ("DNAT", was[2:4], now[2:4]))
             if a != b)
         return Rewrite("+".join(kind for kind, _, _ in changes), changes)
+
+
+def _identity(p: Packet) -> tuple[object, ...]:
+    """Source and destination (address, port), then what NAT leaves alone: protocol, ICMP id
+    and sequence."""
+    return (p.src, p.sport, p.dst, p.dport, p.ip_proto, p.icmp_id, p.icmp_seq)
 
 
 def _endpoint_text(endpoint: tuple[object, ...]) -> str:
