@@ -131,6 +131,25 @@ struct headers {
 	__u16 ethertype;   /* of l3, host order */
 };
 
+/* The time to a tick, for how old an entry is: bpf_ktime_get_ns() reads the clock source,
+ * ~20 ns a call in a VM, which a flood's every hop paid; the clock is read again only when
+ * jiffies moved on (bpf_jiffies64() is a load). Tracing programs may not use the kernel's own
+ * coarse clock. Shared by the CPUs, unlocked: a reader racing a tick's update may get the
+ * time of the tick before. An event's own time stays bpf_ktime_get_ns(). */
+__u64 tick_jiffies = 0, tick_ns = 0;
+
+static __always_inline __u64 coarse_ns(void)
+{
+	__u64 jiffies = bpf_jiffies64();
+
+	if (jiffies != tick_jiffies) {
+		tick_ns = bpf_ktime_get_ns();
+		asm volatile("" ::: "memory"); /* the time first, then the tick it is of */
+		tick_jiffies = jiffies;
+	}
+	return tick_ns;
+}
+
 static __always_inline void count(__u32 index)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &index);

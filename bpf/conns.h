@@ -186,8 +186,8 @@ static __always_inline __u64 conn_lookup(unsigned char *l3, __u16 ethertype, __u
 	c = bpf_map_lookup_elem(&conn_flows, &f);
 	if (!c)
 		return 0;
-	now = bpf_ktime_get_ns();
-	if (now - c->last_ns > CONN_IDLE_NS) {
+	now = coarse_ns();
+	if ((__s64)(now - c->last_ns) > (__s64)CONN_IDLE_NS) { /* coarse: see track.h */
 		bpf_map_delete_elem(&conn_flows, &f);
 		return 0;
 	}
@@ -290,7 +290,7 @@ __noinline int conn_add(__u64 entry, __u32 dir, __u64 conn, __u64 traces, __u64 
 /* Track the connection of a conntrack entry that translates. */
 static __always_inline void conn_track(__u64 entry, __u64 conn, __u64 traces)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = coarse_ns();
 
 	if (conn_add(entry, 0, conn, traces, now))
 		conn_add(entry, 1, conn, traces, now);

@@ -135,6 +135,8 @@ struct pktpath_config {
 					  (the agent's traces, a bit each), tagged with theirs */
 	__u16 cbpf_len_l2;             /* tcpdump expression: instructions of the Ethernet view */
 	__u16 cbpf_len_l3;             /* and of the raw-IP view; 0: no expression */
+	__u32 track_slots;             /* slots of each tracking table (a power of two, set by
+					  the loader when it sizes them); 0: TRACK_SLOTS */
 };
 
 /* pktpath_config.proto */

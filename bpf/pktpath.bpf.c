@@ -62,6 +62,9 @@ static __always_inline void neighbour_of(struct sk_buff *skb, struct headers *h,
 	}
 }
 
+/* The most data the ring can hold with room left for one event: its size, asked once. */
+__u64 ring_room = 0;
+
 static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_device *dev,
 				 struct headers *h, __u8 hook, bool btf, __u64 location,
 				 __u32 reason, __u64 packet, bool fresh, struct ct_note *ct,
@@ -74,7 +77,12 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 	struct pktpath_event *e;
 	__u64 cap;
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	/* a full ring (a flood the reader cannot keep up with) is seen without taking its lock */
+	if (!ring_room)
+		ring_room = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) - sizeof(*e) - 8;
+	e = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > ring_room
+		    ? NULL
+		    : bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(PKTPATH_COUNTER_LOST);
 		return;
@@ -149,7 +157,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	struct ct_note ct = {};
 	unsigned char *data;
 	__u16 type = 0;
-	__u64 packet = 0, traces = 0;
+	__u64 packet = 0, traces = 0, now = 0;
 	bool fresh = false;
 
 	if (!dev) {
@@ -202,7 +210,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	skip_vlan_tags(&h, btf);
 
 	if (cfg.track) {
-		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, &traces, btf);
+		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, &traces, &now,
+				   btf);
 		if (!packet) /* a packet of a tracked connection */
 			ct.conn = conn_of(&h, &traces, btf);
 	}
@@ -220,7 +229,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 			return 0;
 		/* the skb's address as a number: kept as a pointer, it would make every state
 		 * after this one differ from a tracked packet's and the verifier walk both */
-		bpf_probe_read_kernel(&packet, sizeof(packet), &skb);
+		packet = skb_key(skb, btf);
 		fresh = true;
 	}
 	if (cfg.track) {
@@ -229,9 +238,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 		ct_note(skb, &ct, traces, btf);
 		/* a new packet, or one that joined a connection here: its next hops know */
 		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
-			track_packet(skb, head_of(skb, btf), packet,
-				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces, h.l3,
-				     btf);
+			track_packet(skb_key(skb, btf), head_of(skb, btf), packet,
+				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces,
+				     now ? now : coarse_ns());
 	}
 	if (cfg.ifname[0] && dev && !ifname_wanted(dev, btf))
 		return 0;
@@ -256,20 +265,11 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 }
 
 
-/* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
-static __always_inline int untrack(struct sk_buff *skb, bool btf)
+/* consume_skb: a packet freed after use ends its tracking. */
+static __always_inline int consumed(struct sk_buff *skb, bool btf)
 {
-	__u64 key = (__u64)skb, head;
-
-	if (!cfg.track || !tracking_started)
-		return 0;
-	head = head_of(skb, btf);
-	/* a packet not tracked has no entries to remove (a tracked one's bit is that of the
-	 * header where the stack last put it) */
-	if (!maybe_tracked((unsigned char *)head + READ(btf, skb, network_header), btf))
-		return 0;
-	bpf_map_delete_elem(&tracked, &key);
-	bpf_map_delete_elem(&tracked, &head);
+	if (cfg.track)
+		untrack(skb, btf);
 	return 0;
 }
 
@@ -303,7 +303,7 @@ TWIN_AS(kfree_skb_noreason, kfree_skb,
 TWIN(icmp_send, handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, btf, 0,
 		       (type & 0xFF) << 8 | (code & 0xFF)),
      struct sk_buff *skb, int type, int code)
-TWIN(consume_skb, untrack(skb, btf), struct sk_buff *skb)
+TWIN(consume_skb, consumed(skb, btf), struct sk_buff *skb)
 /* the drop watch: kfree_skb counted in drop_counts, with or without reasons */
 TWIN_AS(drop_count, kfree_skb, count_drop(skb, btf, (__u64)location, reason),
 	struct sk_buff *skb, void *location, int reason)

@@ -25,93 +25,90 @@ struct tracked_packet {
 	__u64 head;        /* the data buffer it was last seen with */
 };
 
+/* Two direct-mapped tables, one by skb address and one by data buffer: an address has one
+ * slot (a multiplicative hash), a new entry takes it whoever held it. A lookup is a load and a
+ * compare, with no helper call, lock or hashing of the kernel's: cheap enough for every
+ * packet, tracked or not, and for every packet of a trace without a filter to be tracked. A
+ * packet whose slot was taken in both tables (two addresses colliding in each) is followed
+ * no further. TRACK_SLOTS is a power of two; the loader may make the tables smaller
+ * (cfg.track_slots). */
+#define TRACK_SLOTS 8192
+
+struct track_slot {
+	__u64 key; /* the skb or buffer address the entry is for, 0: empty */
+	struct tracked_packet t;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct tracked_packet);
-} tracked SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TRACK_SLOTS);
+	__type(key, __u32);
+	__type(value, struct track_slot);
+} track_skb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TRACK_SLOTS);
+	__type(key, __u32);
+	__type(value, struct track_slot);
+} track_head SEC(".maps");
 
 /* Set once something matched: until then no packet pays for a tracking lookup. */
 __u32 tracking_started = 0;
 
-/* A bit per tracked packet, so that a packet that is not tracked pays no lookup in tracked,
- * however often its skb and buffer addresses were a tracked packet's (the kernel reuses them
- * at once: a flood's packets share a few). Its key is bytes 2..6 of the header at l3, which do
- * not change along the way (IPv4 total length, ID and first fragment byte; IPv6 flow label's
- * low bits, payload length and next header; ARP's protocol, sizes and operation), read
- * without knowing which it is: a branch on the ethertype would make one more state for the
- * verifier to walk the rest of a program with. Two tables, one per generation of 2^30 ns
- * (> TRACK_NS: an entry's bit is in the current generation's table or the one before); each
- * word's top byte is the generation its bits are from, so a word from an older one counts as
- * empty and is started again, and no table is ever cleared. Written without atomics (5.10
- * has no atomic or): two CPUs tracking at the same instant may lose one's bit, and that
- * packet is then followed no further. */
-#define TRACK_BLOOM_WORDS 2048
-#define TRACK_BLOOM_BITS 56 /* per word, below its generation byte */
-#define TRACK_GEN_SHIFT 30
-__u64 track_bloom[2][TRACK_BLOOM_WORDS];
-__u64 track_gen = 0; /* the newest generation a bit was set in */
-
-struct bloom_slot {
-	__u32 word;
-	__u64 bit;
-};
-
-/* header: the first 8 bytes of one */
-static __always_inline struct bloom_slot bloom_slot(__u64 header)
+static __always_inline struct track_slot *track_slot_of(void *table, __u64 key)
 {
-	__u64 h = ((header >> 16) & 0xFFFFFFFFFFULL) * 0x9E3779B97F4A7C15ULL;
-	struct bloom_slot s = { .word = (h >> 40) & (TRACK_BLOOM_WORDS - 1),
-				.bit = 1ULL << ((h >> 20) % TRACK_BLOOM_BITS) };
+	__u32 i = ((key * 0x9E3779B97F4A7C15ULL) >> 40) &
+		  ((cfg.track_slots ? cfg.track_slots : TRACK_SLOTS) - 1);
 
-	return s;
+	return bpf_map_lookup_elem(table, &i);
 }
 
-static __always_inline bool bloom_has(__u64 *table, __u64 gen, struct bloom_slot s)
+/* The entry for key, copied to *t; false when the table has none. An entry is written with
+ * its key cleared first and set last, and read between two loads of its key, so a copy taken
+ * while another CPU rewrote the slot for another address is not used. */
+static __always_inline bool track_get(void *table, __u64 key, struct tracked_packet *t)
 {
-	__u64 word = table[s.word & (TRACK_BLOOM_WORDS - 1)];
+	struct track_slot *s = track_slot_of(table, key);
 
-	return (word >> TRACK_BLOOM_BITS) == (gen & 0xFF) && (word & s.bit);
+	if (!s || *(volatile __u64 *)&s->key != key)
+		return false;
+	*t = s->t;
+	asm volatile("" ::: "memory");
+	return *(volatile __u64 *)&s->key == key;
 }
 
-static __always_inline bool bloom_any(__u64 header, __u64 gen)
+static __always_inline void track_put(void *table, __u64 key, struct tracked_packet *t)
 {
-	struct bloom_slot s = bloom_slot(header);
+	struct track_slot *s = track_slot_of(table, key);
 
-	return bloom_has(track_bloom[gen & 1], gen, s) ||
-	       bloom_has(track_bloom[(gen - 1) & 1], gen - 1, s);
+	if (!s)
+		return;
+	*(volatile __u64 *)&s->key = 0;
+	asm volatile("" ::: "memory");
+	s->t = *t;
+	asm volatile("" ::: "memory");
+	*(volatile __u64 *)&s->key = key;
 }
 
-/* False when the packet at l3 is certainly not tracked: neither its header's bit is set nor
- * that of the header where a VXLAN packet's inner one would be (not knowing if it is one). */
-static __always_inline bool maybe_tracked(unsigned char *l3, bool btf)
+/* A free: the entry for key, if the slot still holds it, is removed. */
+static __always_inline void track_drop(void *table, __u64 key)
 {
-	__u64 header = 0, inner = 0, gen = track_gen;
+	struct track_slot *s = track_slot_of(table, key);
 
-	(void)PKT_COPY(btf, &header, l3);
-	(void)PKT_COPY(btf, &inner, l3 + (header & 0xF) * 4 + VXLAN_INNER);
-	return bloom_any(header, gen) || bloom_any(inner, gen);
+	if (s && s->key == key)
+		s->key = 0;
 }
 
-/* Set the bit of the packet at l3. */
-static __always_inline void bloom_set(unsigned char *l3, __u64 gen, bool btf)
+/* The skb's address and its data buffer's, as numbers (a pointer cannot be hashed). */
+static __always_inline __u64 skb_key(struct sk_buff *skb, bool btf)
 {
-	__u64 header = 0, *word, tag = (gen & 0xFF) << TRACK_BLOOM_BITS, old;
-	struct bloom_slot s;
-
-	(void)PKT_COPY(btf, &header, l3);
-	s = bloom_slot(header);
-	word = &track_bloom[gen & 1][s.word & (TRACK_BLOOM_WORDS - 1)];
-	old = *word;
-	*word = ((old >> TRACK_BLOOM_BITS) << TRACK_BLOOM_BITS == tag ? old : tag) | s.bit;
-	if (gen > track_gen)
-		track_gen = gen;
+	return ADDRESS(btf, btf ? bpf_rdonly_cast(skb, 0) : (void *)skb);
 }
 
 static __always_inline __u64 head_of(struct sk_buff *skb, bool btf)
 {
-	return (__u64)READ(btf, skb, head);
+	return ADDRESS(btf, READ(btf, skb, head));
 }
 
 /* What identifies one IP packet along its way: IPv4 total length, ID, fragment bits and
@@ -145,18 +142,15 @@ static __always_inline __u64 fingerprint_of(unsigned char *l3, __u16 ethertype, 
 }
 PACKET_FUNCTION(fingerprint_at, fingerprint_of)
 
-static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 packet,
-					 __u64 fingerprint, __u64 conn, __u64 traces,
-					 unsigned char *l3, bool btf)
+static __always_inline void track_packet(__u64 skb, __u64 head, __u64 packet,
+					 __u64 fingerprint, __u64 conn, __u64 traces, __u64 now)
 {
-	struct tracked_packet t = { .packet = packet, .last_ns = bpf_ktime_get_ns(),
+	struct tracked_packet t = { .packet = packet, .last_ns = now,
 				    .fingerprint = fingerprint, .conn = conn, .traces = traces,
 				    .head = head };
-	__u64 key = (__u64)skb;
 
-	bpf_map_update_elem(&tracked, &key, &t, BPF_ANY);
-	bpf_map_update_elem(&tracked, &head, &t, BPF_ANY);
-	bloom_set(l3, t.last_ns >> TRACK_GEN_SHIFT, btf);
+	track_put(&track_skb, skb, &t);
+	track_put(&track_head, head, &t);
 	if (!tracking_started)
 		tracking_started = 1;
 }
@@ -164,43 +158,50 @@ static __always_inline void track_packet(struct sk_buff *skb, __u64 head, __u64 
 /* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not (and
  * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and
  * the packet's IP header (or the one inside its VXLAN encapsulation) still has the tracked
- * fingerprint (a fingerprint whose bit is clear, none). A free ends the tracking of its skb. */
+ * fingerprint (a packet that is not IP has none to check). A free ends its tracking. Times
+ * are coarse_ns(), which may lag another CPU's by a tick: a difference below zero is fresh. */
 static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
-				       struct headers *h, __u64 *conn, __u64 *traces, bool btf)
+				       struct headers *h, __u64 *conn, __u64 *traces, __u64 *clock,
+				       bool btf)
 {
-	__u64 key = (__u64)skb, now, packet, fingerprint;
-	struct tracked_packet *t;
+	__u64 key = skb_key(skb, btf), now, fingerprint;
+	struct tracked_packet t;
 	bool by_skb = true;
 
 	if (!tracking_started)
 		return 0;
-	if (!maybe_tracked(h->l3, btf))
-		return 0;
-	t = bpf_map_lookup_elem(&tracked, &key);
-	if (!t) {
-		t = bpf_map_lookup_elem(&tracked, &head);
+	if (!track_get(&track_skb, key, &t)) {
+		if (!track_get(&track_head, head, &t))
+			return 0;
 		by_skb = false;
 	}
-	if (!t)
+	now = *clock = coarse_ns();
+	if ((__s64)(now - t.last_ns) > (__s64)TRACK_NS)
 		return 0;
-	now = bpf_ktime_get_ns();
-	if (now - t->last_ns > TRACK_NS)
-		return 0;
-	fingerprint = t->fingerprint;
+	fingerprint = t.fingerprint;
 	if (fingerprint && fingerprint_at(h->l3, h->ethertype, 0, btf) != fingerprint &&
 	    fingerprint_at(h->l3, h->ethertype, 1, btf) != fingerprint)
 		return 0;
-	packet = t->packet;
-	*conn = t->conn;
-	*traces = t->traces;
+	*conn = t.conn;
+	*traces = t.traces;
 	if (hook == PKTPATH_HOOK_KFREE_SKB) {
-		bpf_map_delete_elem(&tracked, &key);
-		bpf_map_delete_elem(&tracked, &head);
-	} else if (!by_skb || t->head != head || now - t->last_ns > REFRESH_NS) {
-		/* a clone joined, its buffer moved, or its entries are ageing: write them */
-		track_packet(skb, head, packet, fingerprint, *conn, *traces, h->l3, btf);
+		track_drop(&track_skb, key);
+		track_drop(&track_head, head);
+	} else if (!by_skb || t.head != head || (__s64)(now - t.last_ns) > (__s64)REFRESH_NS) {
+		/* a clone joined, its buffer moved, or its entries are ageing (a packet on its way
+		 * for longer than TRACK_NS, waiting for a neighbour, keeps them): write them */
+		track_packet(key, head, t.packet, fingerprint, t.conn, t.traces, now);
 	}
-	return packet;
+	return t.packet;
+}
+
+/* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
+static __always_inline void untrack(struct sk_buff *skb, bool btf)
+{
+	if (!tracking_started)
+		return;
+	track_drop(&track_skb, skb_key(skb, btf));
+	track_drop(&track_head, head_of(skb, btf));
 }
 
 #endif /* PKTPATH_TRACK_H */

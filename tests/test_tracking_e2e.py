@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 from typing import Any
 
+import pytest
 from conftest import need
 from netlab import Netlab, docker_like, tcp_listener, vxlan_pods
 
@@ -93,3 +96,36 @@ def test_bridge_flood_clones_are_the_same_packet(lab: Netlab, trace: Any) -> Non
     assert {net.veth, "vethother"} <= set(flooded), "the bridge floods both ports"
     assert flooded[net.veth]["skb"] != flooded["vethother"]["skb"], "a clone"
     assert flooded[net.veth]["packet"] == flooded["vethother"]["packet"], "tied to its parent"
+
+
+def _track_table_sizes(trace_filter: Any, **kwargs: Any) -> list[int]:
+    """max_entries of the tracking tables the kernel holds for a Tracer of trace_filter."""
+    from pktpath.core.tracer import Tracer
+
+    def tables() -> dict[int, int]:
+        out = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
+                             check=True).stdout
+        return {m["id"]: m["max_entries"] for m in json.loads(out)
+                if m.get("name") in ("track_skb", "track_head")}
+
+    before = tables()
+    with Tracer(trace_filter, **kwargs):
+        return sorted(n for i, n in tables().items() if i not in before)
+
+
+def test_tracking_tables_are_the_size_asked() -> None:
+    """The agent's traces ask for small tracking tables (map_entries "tracked"), the CLI's
+    are 8192 slots, a trace that tracks nothing gets one slot, and a size that is not a power
+    of two (the programs mask the hash with it) is refused before anything loads."""
+    from pktpath.core.errors import PktpathError
+    from pktpath.core.event import Proto
+    from pktpath.core.filters import TraceFilter
+    from pktpath.core.tracer import Tracer
+
+    need(shutil.which("bpftool") is not None, "bpftool is not installed")
+    icmp = TraceFilter(proto=Proto.ICMP)
+    assert _track_table_sizes(icmp, map_entries={"tracked": 1024}) == [1024, 1024]
+    assert _track_table_sizes(icmp) == [8192, 8192]
+    assert _track_table_sizes(TraceFilter(proto=Proto.ICMP, track=False)) == [1, 1]
+    with pytest.raises(PktpathError, match="power of two of slots, not 1000"):
+        Tracer(icmp, map_entries={"tracked": 1000}).open()

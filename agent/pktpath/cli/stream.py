@@ -49,9 +49,9 @@ def announce(tracer: Tracer, err: TextIO) -> None:
                 f"hook {status.hook.tracepoint} not attached ({status.error})", missing,
                 "the other hooks keep working"))))
     if tracer.filter.empty:
-        # following every packet is most of the kernel's cost then (bench/suite.py (c))
+        # following every packet is a fifth of the kernel's cost then (bench/suite.py (c))
         lighter = (" (or add --no-track: the same hops, without the packet identity and "
-                   "conntrack keys that following packets gives, at about a third of the "
+                   "conntrack keys that following packets gives, at about four fifths of the "
                    "kernel's cost)" if tracer.filter.track else "")
         message(err, "no filter: tracing every packet on every interface is heavy; narrow it "
                      f"with --host, --proto, --port, --netns or -i{lighter}")

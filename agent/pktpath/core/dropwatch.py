@@ -60,7 +60,7 @@ class DropWatch:
     """The drop-counting program, attached. Use as a context manager."""
 
     def __init__(self, map_entries: int = DEFAULT_MAP_ENTRIES, hook_type: str = "auto") -> None:
-        self._probes = Probes(TraceFilter().config(), hooks=(Hook.DROP_COUNT,),
+        self._probes = Probes(TraceFilter(track=False).config(), hooks=(Hook.DROP_COUNT,),
                               hook_type=hook_type, ring_bytes=4096,
                               map_entries={"drop_counts": map_entries})
         self._totals: dict[DropPlace, int] = {}

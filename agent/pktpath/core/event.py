@@ -196,5 +196,6 @@ CONFIG_FIELDS = [
     ("trace_set", "B"),
     ("cbpf_len_l2", "H"),
     ("cbpf_len_l3", "H"),
+    ("track_slots", "I"),
 ]
 CONFIG_STRUCT, CONFIG_OFFSETS = _layout(CONFIG_FIELDS)

@@ -106,6 +106,7 @@ class TraceFilter(NamedTuple):
             self.trace_set,
             len(self.expression.ethernet) if self.expression else 0,
             len(self.expression.raw) if self.expression else 0,
+            0,  # track_slots: the loader's, when it sizes the tracking tables
         )
 
     def describe(self) -> str:

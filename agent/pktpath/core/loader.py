@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,6 +24,7 @@ from pktpath.core.errors import PktpathError
 from pktpath.core.event import (
     ADDR_BLOOM_STRUCT,
     ADDR_BLOOM_WORDS,
+    CONFIG_OFFSETS,
     CONFIG_STRUCT,
     DROP_KEY_STRUCT,
     DROP_SLOT_STRUCT,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 HOOK_TYPES = ("tp_btf", "raw_tp")
 DEFAULT_RING_BYTES = 4 << 20
+TRACK_TABLES = ("track_skb", "track_head")  # sized together by map_entries["tracked"]
 
 
 REFUSE_ENV = "PKTPATH_REFUSE_HOOKS"
@@ -326,10 +329,11 @@ class Probes:
         if size.value != len(self._config):
             raise PktpathError(f"the BPF object's config is {size.value} bytes, pktpath "
                                f"expects {len(self._config)}: reinstall pktpath")
-        ctypes.memmove(init, self._config, len(self._config))
+        map_entries = dict(self._map_entries)
+        config = self._sized_tracking(map_entries)
+        ctypes.memmove(init, config, len(config))
         ring = bpf.check_ptr(lib.bpf_object__find_map_by_name(obj, b"events"), "events")
         bpf.check_int(lib.bpf_map__set_max_entries(ring, self._ring_bytes), "sizing events")
-        map_entries = dict(self._map_entries)
         if not any(s.hook == Hook.DROP_COUNT and s.program for s in self.report.hooks):
             # only the drop watch counts into it: preallocated per CPU, it costs a big node's
             # start milliseconds for nothing
@@ -339,6 +343,23 @@ class Probes:
             bpf.check_int(lib.bpf_map__set_max_entries(found, entries), f"sizing {name}")
         self._prepared = hook_type
         return obj
+
+    def _sized_tracking(self, map_entries: dict[str, int]) -> bytes:
+        """The config with the tracking tables' size, which map_entries["tracked"] (slots in
+        each, a power of two) asks for: it becomes both tables' entries in map_entries, and
+        the programs' mask. A trace that tracks nothing gets tables of one slot."""
+        slots = map_entries.pop("tracked", None)
+        if not self._config[CONFIG_OFFSETS["track"][0]]:
+            slots = 1
+        if slots is None:
+            return self._config
+        if slots < 1 or slots & (slots - 1):
+            raise PktpathError(f"the tracking tables need a power of two of slots, not {slots}")
+        config = bytearray(self._config)
+        struct.pack_into("<I", config, CONFIG_OFFSETS["track_slots"][0], slots)
+        for table in TRACK_TABLES:
+            map_entries[table] = slots
+        return bytes(config)
 
     def _write_expression(self, prog: int, name: str) -> None:
         """Write the translated tcpdump expression into the program's reserved region."""

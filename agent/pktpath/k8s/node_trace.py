@@ -43,7 +43,7 @@ SESSION_RING_BYTES = 1 << 20  # a trace's filter is narrow: 1 MiB holds ~2700 ev
 # a trace follows few flows, and a node has at most a few hundred namespaces: smaller maps
 # than the CLI's defaults keep each running trace's kernel memory (charged to the agent's pod)
 # at ~1.4 MiB instead of ~3 MiB
-SESSION_MAP_ENTRIES = {"tracked": 2048, "netns_set": 1024}
+SESSION_MAP_ENTRIES = {"tracked": 1024, "netns_set": 1024}
 DEFAULT_MAX_TRACES = 20
 FINAL_RETRY_SECONDS = 300.0  # how long the last status write is retried while the API is away
 
