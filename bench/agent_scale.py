@@ -87,8 +87,8 @@ def main() -> int:
         peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"traces": count, "peak_rss_kib": peak,
                       "map_kib": map_memory() // 1024}), flush=True)
-    for tracer in tracers:
-        tracer.close()
+    for each in tracers:
+        each.close()
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import importlib.util
 import os
 import statistics
@@ -42,7 +43,7 @@ from pktpath.core.libbpf import RingBufferCallback  # noqa: E402
 from pktpath.core.loader import Probes  # noqa: E402
 from pktpath.core.packet import Recent  # noqa: E402
 from pktpath.core.symbols import DropReasons, Symbols  # noqa: E402
-from pktpath.core.tracer import hop_from_record  # noqa: E402
+from pktpath.core.tracer import MAX_BATCH, hop_from_record  # noqa: E402
 
 SAMPLE = 2000  # records of each batch decoded (and timed)
 READ_RING = 64 << 20  # the ring filled, then drained, to time the read alone
@@ -53,6 +54,16 @@ def slice_reader(out: list[bytes]) -> Callable[[Any, Any, int], int]:
     def read(_ctx: Any, data: Any, size: int) -> int:
         out.append(data[:size])
         return 0
+    return read
+
+
+def batch_reader(out: list[bytes]) -> Callable[[Any, Any, int], int]:
+    """slice_reader stopping at MAX_BATCH records, as the tracer's callback does: libbpf's
+    poll returns only when the ring is empty, which a flood faster than the reader never lets
+    it be (one poll would then take the whole flood)."""
+    def read(_ctx: Any, data: Any, size: int) -> int:
+        out.append(data[:size])
+        return -errno.E2BIG if len(out) >= MAX_BATCH else 0
     return read
 
 
@@ -96,7 +107,7 @@ def run(kind: str, ext: object, topo: Topology, flood: str, seconds: float,
         to_json = formatter(True)
         records: list[bytes] = []
         if kind == "ctypes":
-            rb = probes.ring_buffer(slice_reader(records))
+            rb = probes.ring_buffer(batch_reader(records))
 
             def poll() -> list[bytes]:
                 probes.poll(rb, 50)
