@@ -128,4 +128,4 @@ def test_tracking_tables_are_the_size_asked() -> None:
     assert _track_table_sizes(icmp) == [8192, 8192]
     assert _track_table_sizes(TraceFilter(proto=Proto.ICMP, track=False)) == [1, 1]
     with pytest.raises(PktpathError, match="power of two of slots, not 1000"):
-        Tracer(icmp, map_entries={"tracked": 1000}).open()
+        Tracer(icmp, map_entries={"tracked": 1000})

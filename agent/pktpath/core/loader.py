@@ -141,6 +141,9 @@ class Probes:
         self._hook_type = hook_type
         self._ring_bytes = ring_bytes
         self._map_entries = dict(map_entries or {})  # map name -> max_entries, to shrink maps
+        slots = self._map_entries.get("tracked", 1)  # the programs mask a hash with it
+        if slots < 1 or slots & (slots - 1):
+            raise PktpathError(f"the tracking tables need a power of two of slots, not {slots}")
         self._bpf = libbpf or Libbpf()
         self._path = path or object_path()
         self._obj: int | None = None
@@ -353,8 +356,6 @@ class Probes:
             slots = 1
         if slots is None:
             return self._config
-        if slots < 1 or slots & (slots - 1):
-            raise PktpathError(f"the tracking tables need a power of two of slots, not {slots}")
         config = bytearray(self._config)
         struct.pack_into("<I", config, CONFIG_OFFSETS["track_slots"][0], slots)
         for table in TRACK_TABLES:
