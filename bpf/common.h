@@ -135,7 +135,8 @@ struct headers {
  * ~20 ns a call in a VM, which a flood's every hop paid; the clock is read again only when
  * jiffies moved on (bpf_jiffies64() is a load). Tracing programs may not use the kernel's own
  * coarse clock. Shared by the CPUs, unlocked: a reader racing a tick's update may get the
- * time of the tick before. An event's own time stays bpf_ktime_get_ns(). */
+ * time of the tick before, so an age is compared signed (below zero: fresh). An event's own
+ * time stays bpf_ktime_get_ns(). */
 __u64 tick_jiffies = 0, tick_ns = 0;
 
 static __always_inline __u64 coarse_ns(void)

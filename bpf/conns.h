@@ -187,7 +187,7 @@ static __always_inline __u64 conn_lookup(unsigned char *l3, __u16 ethertype, __u
 	if (!c)
 		return 0;
 	now = coarse_ns();
-	if ((__s64)(now - c->last_ns) > (__s64)CONN_IDLE_NS) { /* coarse: see track.h */
+	if ((__s64)(now - c->last_ns) > (__s64)CONN_IDLE_NS) { /* signed: see coarse_ns() */
 		bpf_map_delete_elem(&conn_flows, &f);
 		return 0;
 	}

@@ -157,7 +157,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	struct ct_note ct = {};
 	unsigned char *data;
 	__u16 type = 0;
-	__u64 packet = 0, traces = 0, now = 0;
+	/* the skb's address as a number: kept as a pointer, it would make every state after
+	 * the filter differ from a tracked packet's and the verifier walk both */
+	__u64 key = skb_key(skb, btf), head = 0, packet = 0, traces = 0, now = 0;
 	bool fresh = false;
 
 	if (!dev) {
@@ -210,8 +212,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	skip_vlan_tags(&h, btf);
 
 	if (cfg.track) {
-		packet = packet_of(skb, head_of(skb, btf), hook, &h, &ct.conn, &traces, &now,
-				   btf);
+		head = head_of(skb, btf);
+		packet = packet_of(key, head, hook, &h, &ct.conn, &traces, &now, btf);
 		if (!packet) /* a packet of a tracked connection */
 			ct.conn = conn_of(&h, &traces, btf);
 	}
@@ -227,9 +229,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 		if (!ct.conn && (cfg.cbpf_len_l2 || cfg.cbpf_len_l3) &&
 		    !expression_wanted(skb, &h, btf))
 			return 0;
-		/* the skb's address as a number: kept as a pointer, it would make every state
-		 * after this one differ from a tracked packet's and the verifier walk both */
-		packet = skb_key(skb, btf);
+		packet = key;
 		fresh = true;
 	}
 	if (cfg.track) {
@@ -238,7 +238,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 		ct_note(skb, &ct, traces, btf);
 		/* a new packet, or one that joined a connection here: its next hops know */
 		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
-			track_packet(skb_key(skb, btf), head_of(skb, btf), packet,
+			track_packet(key, head, packet,
 				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces,
 				     now ? now : coarse_ns());
 	}
@@ -264,14 +264,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	return 0;
 }
 
-
-/* consume_skb: a packet freed after use ends its tracking. */
-static __always_inline int consumed(struct sk_buff *skb, bool btf)
-{
-	if (cfg.track)
-		untrack(skb, btf);
-	return 0;
-}
 
 /* Every hook twice: tp_btf (typed skb, direct loads) and raw_tp (probe reads), from one body in
  * which `btf` is a constant; the loader keeps one of the two. */
@@ -303,7 +295,7 @@ TWIN_AS(kfree_skb_noreason, kfree_skb,
 TWIN(icmp_send, handle(ctx, skb, PKTPATH_HOOK_ICMP_SEND, btf, 0,
 		       (type & 0xFF) << 8 | (code & 0xFF)),
      struct sk_buff *skb, int type, int code)
-TWIN(consume_skb, consumed(skb, btf), struct sk_buff *skb)
+TWIN(consume_skb, untrack(skb, btf), struct sk_buff *skb)
 /* the drop watch: kfree_skb counted in drop_counts, with or without reasons */
 TWIN_AS(drop_count, kfree_skb, count_drop(skb, btf, (__u64)location, reason),
 	struct sk_buff *skb, void *location, int reason)

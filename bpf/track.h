@@ -158,13 +158,12 @@ static __always_inline void track_packet(__u64 skb, __u64 head, __u64 packet,
 /* The packet this skb (or its data buffer) belongs to, if it is being tracked; 0 if not (and
  * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and
  * the packet's IP header (or the one inside its VXLAN encapsulation) still has the tracked
- * fingerprint (a packet that is not IP has none to check). A free ends its tracking. Times
- * are coarse_ns(), which may lag another CPU's by a tick: a difference below zero is fresh. */
-static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hook,
-				       struct headers *h, __u64 *conn, __u64 *traces, __u64 *clock,
-				       bool btf)
+ * fingerprint (a packet that is not IP has none to check). A free ends its tracking. key and
+ * head: skb_key() and head_of() of its skb. */
+static __always_inline __u64 packet_of(__u64 key, __u64 head, __u8 hook, struct headers *h,
+				       __u64 *conn, __u64 *traces, __u64 *clock, bool btf)
 {
-	__u64 key = skb_key(skb, btf), now, fingerprint;
+	__u64 now, fingerprint;
 	struct tracked_packet t;
 	bool by_skb = true;
 
@@ -195,13 +194,15 @@ static __always_inline __u64 packet_of(struct sk_buff *skb, __u64 head, __u8 hoo
 	return t.packet;
 }
 
-/* A packet freed after use: its skb and buffer addresses may now belong to another packet. */
-static __always_inline void untrack(struct sk_buff *skb, bool btf)
+/* consume_skb: a packet freed after use, whose skb and buffer addresses may now belong to
+ * another packet, is tracked no more. */
+static __always_inline int untrack(struct sk_buff *skb, bool btf)
 {
-	if (!tracking_started)
-		return;
+	if (!cfg.track || !tracking_started)
+		return 0;
 	track_drop(&track_skb, skb_key(skb, btf));
 	track_drop(&track_head, head_of(skb, btf));
+	return 0;
 }
 
 #endif /* PKTPATH_TRACK_H */

@@ -100,13 +100,14 @@ def test_bridge_flood_clones_are_the_same_packet(lab: Netlab, trace: Any) -> Non
 
 def _track_table_sizes(trace_filter: Any, **kwargs: Any) -> list[int]:
     """max_entries of the tracking tables the kernel holds for a Tracer of trace_filter."""
+    from pktpath.core.loader import TRACK_TABLES
     from pktpath.core.tracer import Tracer
 
     def tables() -> dict[int, int]:
         out = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
                              check=True).stdout
         return {m["id"]: m["max_entries"] for m in json.loads(out)
-                if m.get("name") in ("track_skb", "track_head")}
+                if m.get("name") in TRACK_TABLES}
 
     before = tables()
     with Tracer(trace_filter, **kwargs):
