@@ -148,6 +148,46 @@ static __always_inline void emit(void *ctx, struct sk_buff *skb, struct net_devi
 }
 
 
+/* Where the hook finds the packet's network header: a transmit on an Ethernet device has the
+ * frame, a receive has it pulled already (eth_type_trans()); a free or an error comes from
+ * anywhere on the way, where the stack last put the header. */
+static __always_inline unsigned char *network_header(struct sk_buff *skb, __u8 hook, __u16 type,
+						     bool btf)
+{
+	unsigned char *data = READ(btf, skb, data);
+
+	if (hook == PKTPATH_HOOK_KFREE_SKB || hook == PKTPATH_HOOK_ICMP_SEND) {
+		__u16 net = READ(btf, skb, network_header);
+
+		return net ? READ(btf, skb, head) + net : data;
+	}
+	if (hook == PKTPATH_HOOK_NET_DEV_QUEUE && (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK))
+		return data + ETH_HLEN;
+	return data;
+}
+
+/* The packet's Ethernet header, where its device has one and it is still there; else NULL. */
+static __always_inline unsigned char *frame_of(struct sk_buff *skb, __u8 hook, __u16 type,
+					       bool btf)
+{
+	unsigned char *head, *data = READ(btf, skb, data);
+	__u16 mac = READ(btf, skb, mac_header);
+
+	if (type != ARPHRD_ETHER && type != ARPHRD_LOOPBACK)
+		return NULL;
+	if (hook == PKTPATH_HOOK_NET_DEV_QUEUE)
+		return data;
+	if (mac == (__u16)~0U)
+		return NULL;
+	head = READ(btf, skb, head);
+	if (hook == PKTPATH_HOOK_KFREE_SKB || hook == PKTPATH_HOOK_ICMP_SEND) {
+		__u16 net = READ(btf, skb, network_header);
+
+		return net && mac + ETH_HLEN == net ? head + mac : NULL;
+	}
+	return head + mac + ETH_HLEN == data ? head + mac : NULL;
+}
+
 static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook, bool btf,
 				  __u64 location, __u32 reason)
 {
@@ -155,7 +195,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 	struct net_device *dev = READ(btf, skb, dev);
 	struct headers h = {};
 	struct ct_note ct = {};
-	unsigned char *data;
 	__u16 type = 0;
 	/* the skb's address as a number: kept as a pointer, it would make every state after
 	 * the filter differ from a tracked packet's and the verifier walk both */
@@ -184,48 +223,30 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 			return 0;
 	}
 
-	data = READ(btf, skb, data);
-	if (hook == PKTPATH_HOOK_KFREE_SKB || hook == PKTPATH_HOOK_ICMP_SEND) {
-		/* anywhere on its way: the headers are where the stack last put them */
-		unsigned char *head = READ(btf, skb, head);
-		__u16 net = READ(btf, skb, network_header);
-		__u16 mac = READ(btf, skb, mac_header);
-
-		if (net)
-			data = head + net;
-		if (mac != (__u16)~0U && net && mac + ETH_HLEN == net &&
-		    (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK))
-			h.l2 = head + mac;
-	} else if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) {
-		if (hook == PKTPATH_HOOK_NET_DEV_QUEUE) {
-			h.l2 = data;
-		} else {
-			/* receive: eth_type_trans() already pulled the Ethernet header */
-			__u16 mac = READ(btf, skb, mac_header);
-			unsigned char *head = READ(btf, skb, head);
-
-			if (mac != (__u16)~0U && head + mac + ETH_HLEN == data)
-				h.l2 = head + mac;
-		}
-	}
-	h.l3 = h.l2 ? h.l2 + ETH_HLEN : data;
+	h.l3 = network_header(skb, hook, type, btf);
 	skip_vlan_tags(&h, btf);
 
-	if (cfg.track) {
-		head = head_of(skb, btf);
-		packet = packet_of(key, head, hook, &h, &ct.conn, &traces, &now, btf);
+	/* until a packet or connection is followed, the filter alone decides */
+	if (cfg.track && (tracking_started || conns_started)) {
+		if (tracking_started) {
+			head = head_of(skb, btf);
+			packet = packet_of(key, head, hook, &h, &ct.conn, &traces, &now, btf);
+		}
 		if (!packet) /* a packet of a tracked connection */
 			ct.conn = conn_of(&h, &traces, btf);
 	}
-	if (!packet) {
-		if (!ct.conn && cfg.trace_set) {
+	if (!packet && !ct.conn) {
+		if (cfg.trace_set) {
 			traces = packet_traces(&h, btf);
 			if (!traces)
 				return 0;
 		}
-		if (!ct.conn && (cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) &&
-		    !packet_wanted(&h, btf))
+		if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h, btf))
 			return 0;
+	}
+	/* only a packet that may be wanted pays for finding its Ethernet header */
+	h.l2 = frame_of(skb, hook, type, btf);
+	if (!packet) {
 		if (!ct.conn && (cfg.cbpf_len_l2 || cfg.cbpf_len_l3) &&
 		    !expression_wanted(skb, &h, btf))
 			return 0;
@@ -238,7 +259,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 		ct_note(skb, &ct, traces, btf);
 		/* a new packet, or one that joined a connection here: its next hops know */
 		if (hook != PKTPATH_HOOK_KFREE_SKB && (fresh || ct.conn != conn))
-			track_packet(key, head, packet,
+			track_packet(key, head ? head : head_of(skb, btf), packet,
 				     fingerprint_at(h.l3, h.ethertype, 0, btf), ct.conn, traces,
 				     now ? now : coarse_ns());
 	}
