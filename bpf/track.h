@@ -159,7 +159,7 @@ static __always_inline void track_packet(__u64 skb, __u64 head, __u64 packet,
  * its connection in *conn, its traces in *traces). An entry counts only while it is fresh and
  * the packet's IP header (or the one inside its VXLAN encapsulation) still has the tracked
  * fingerprint (a packet that is not IP has none to check). A free ends its tracking. key and
- * head: skb_key() and head_of() of its skb. */
+ * head: skb_key() and head_of() of its skb. Asked only once tracking_started. */
 static __always_inline __u64 packet_of(__u64 key, __u64 head, __u8 hook, struct headers *h,
 				       __u64 *conn, __u64 *traces, __u64 *clock, bool btf)
 {
@@ -167,8 +167,6 @@ static __always_inline __u64 packet_of(__u64 key, __u64 head, __u8 hook, struct 
 	struct tracked_packet t;
 	bool by_skb = true;
 
-	if (!tracking_started)
-		return 0;
 	if (!track_get(&track_skb, key, &t)) {
 		if (!track_get(&track_head, head, &t))
 			return 0;
