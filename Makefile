@@ -46,7 +46,7 @@ bench:  ## the benchmark suite (see bench/suite.py --help; peers need make bench
 	$(PYTHON) bench/suite.py --rounds 5 --seconds 2
 
 bench-deps:  ## the peers the suite compares with
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace linux-perf
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace linux-perf iperf3
 
 cluster:  ## a real one-node cluster with pktpath installed by helm; prints KUBECONFIG=... last
 	@$(PYTHON) tests/realcluster.py up

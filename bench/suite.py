@@ -4,6 +4,12 @@
 Traffic between two namespaces over a veth pair (bench/overhead.py's topology):
   udp  packets/s of 18-byte datagrams from 100 flows (bench/udpflood.c, one CPU)
   tcp  bytes/s over 100 TCP connections written in turn (64 KiB writes)
+  iperf3  packets/s of 64-byte UDP datagrams iperf3 sends (-u -b 0 -l 64) to an iperf3
+       server reading them on the other CPU: a judge that is not pktpath's own. The server
+       reads about half; the rest are dropped at its full socket, and cheaper to the sender
+       than one queued and woken for: a mode whose reader takes the server's CPU (everything
+       traced) makes the sender faster, so only the modes without a busy reader compare. One
+       flow: the one-flow modes are left out for it
 Modes, run interleaved in every round (these machines are noisy: only ratios measured side by
 side mean anything):
   untraced     nothing attached
@@ -25,7 +31,7 @@ side mean anything):
   agent-N      N PacketTraces matching nothing on one node, as the agent runs them (one
                program set for all; bench/agent_scale.py): also peak RSS and BPF map memory,
                e.g. --modes agent-1,agent-10,agent-50; agent-own-N: each its own BPF object,
-               as before
+               as before; agent-N-baseline: the same from the --baseline DIR checkout
   drop-watch   pktpath drops (every drop counted in the kernel; no trace): the flood's sink never
                reads, so most datagrams are dropped at its full socket and each is counted
   expr-baseline  the same with an earlier pktpath checked out in --baseline DIR (its package
@@ -59,6 +65,7 @@ from overhead import DST, PORT, REPO, Topology, build_flood
 
 FLOWS = 100
 TCP_PORT = 5201
+IPERF3_PORT = 5201  # iperf3's own
 TRACEPOINTS = ("tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
                "tracepoint:skb:kfree_skb, tracepoint:skb:consume_skb")
 TCP_SENDER = f"""
@@ -100,14 +107,33 @@ class Traffic:
         self.kind, self.topo, self.cpu = kind, topo, cpu
         self.flood = build_flood(workdir) if kind == "udp" else ""
         self.sink: subprocess.Popen[str] | None = None
+        if kind == "iperf3":
+            if shutil.which("iperf3") is None:
+                raise SystemExit("the iperf3 traffic needs iperf3: make bench-deps")
+            server = subprocess.Popen(["ip", "netns", "exec", topo.b, "taskset", "-c",
+                                       str(self.other_cpu()), "iperf3", "-s", "-B", DST],
+                                      stdout=subprocess.DEVNULL, text=True)
+            self.sink = server
+            deadline = time.monotonic() + 10
+            while not subprocess.run(["ip", "netns", "exec", topo.b, "ss", "-Hltn",
+                                      f"sport = :{IPERF3_PORT}"], capture_output=True,
+                                     text=True, check=True).stdout:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    self.close()
+                    raise SystemExit("the iperf3 server did not start")
+                time.sleep(0.05)
         if kind == "tcp":
             self.sink = subprocess.Popen(["ip", "netns", "exec", topo.b, sys.executable, "-c",
                                           TCP_SINK], stdout=subprocess.PIPE, text=True)
             assert self.sink.stdout is not None
             self.sink.stdout.readline()
 
+    def other_cpu(self) -> int:
+        """A CPU other than the sender's, for a receiver."""
+        return (self.cpu + 1) % (os.cpu_count() or 1)
+
     def one_flow_filter(self) -> list[str]:
-        """pktpath arguments matching one flow of the 100."""
+        """pktpath arguments matching one flow of the 100 (udp, tcp)."""
         if self.kind == "udp":
             return ["--proto", "udp", "--port", "20000"]
         return ["--proto", "tcp", "--port", str(self.tcp_port)]
@@ -115,7 +141,14 @@ class Traffic:
     tcp_port = 0
 
     def run(self, seconds: float, between: Callable[[], None] | None = None) -> float:
-        """Rate of one run: packets/s (udp) or bytes/s (tcp)."""
+        """Rate of one run: packets/s (udp, iperf3) or bytes/s (tcp)."""
+        if self.kind == "iperf3":
+            out = subprocess.run(["ip", "netns", "exec", self.topo.a, "taskset", "-c",
+                                  str(self.cpu), "iperf3", "-u", "-b", "0", "-l", "64", "-t",
+                                  f"{seconds:g}", "-c", DST, "--json"],
+                                 check=True, capture_output=True, text=True)
+            sent = json.loads(out.stdout)["end"]["sum_sent"]
+            return float(sent["packets"]) / float(sent["seconds"])
         if self.kind == "udp":
             out = subprocess.run(["ip", "netns", "exec", self.topo.a, "taskset", "-c",
                                   str(self.cpu), self.flood, DST, str(PORT), str(seconds), "18",
@@ -192,6 +225,12 @@ def tracer(mode: str, traffic: Traffic, workdir: str,
            baseline: str | None = None) -> list[str] | None:
     """The command of a mode (None for untraced)."""
     pktpath = [sys.executable, "-m", "pktpath", "trace"]
+    if mode.startswith("agent-") and mode.endswith("-baseline"):
+        command = tracer(mode.removesuffix("-baseline"), traffic, workdir)
+        assert command is not None and baseline
+        script = os.path.join(baseline, "bench", "agent_scale.py")
+        return ["env", f"PYTHONPATH={os.path.join(baseline, 'agent')}", command[0], script,
+                *command[2:]]
     if mode.endswith("-baseline") and mode != "expr-baseline":
         command = tracer(mode.removesuffix("-baseline"), traffic, workdir)
         assert command is not None and command[:len(pktpath)] == pktpath, mode
@@ -301,14 +340,15 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--traffic", default="udp,tcp", help="udp, tcp or both")
+    parser.add_argument("--traffic", default="udp,tcp",
+                        help="udp, tcp, iperf3, or several separated by commas")
     parser.add_argument("--modes",
                         default="floor,nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
     parser.add_argument("--baseline", metavar="DIR",
                         help="an earlier pktpath checkout for the expr-baseline mode")
     parser.add_argument("--bpf-stats", action="store_true",
-                        help="also the BPF programs' run time per packet (udp only)")
+                        help="also the BPF programs' run time per packet (not tcp)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("the benchmark needs root (namespaces and BPF)")
@@ -351,15 +391,20 @@ def run_all(args: argparse.Namespace, modes: list[str], startup: list[float],
             traffic = Traffic(kind, topo, workdir, args.cpu)
             try:
                 traffic.run(1.0)  # warm up
-                rates: dict[str, list[float]] = {m: [] for m in modes}
+                kept = [m for m in modes
+                        if kind != "iperf3" or m.removesuffix("-baseline") not in ONE_FLOW]
+                if kept != modes:
+                    print("iperf3 is one flow: the one-flow modes run on udp and tcp only",
+                          file=sys.stderr)
+                rates: dict[str, list[float]] = {m: [] for m in kept}
                 for r in range(args.rounds):
-                    for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                    for mode in kept[r % len(kept):] + kept[:r % len(kept)]:
                         rates[mode].append(measure(
                             mode, traffic, args.seconds, workdir, startup, args.baseline,
-                            memory, cost if kind == "udp" else None))
+                            memory, cost if kind != "tcp" else None))
                         time.sleep(0.3)
                     print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
-                        f"{m} {rates[m][-1]:,.0f}" for m in modes), file=sys.stderr)
+                        f"{m} {rates[m][-1]:,.0f}" for m in kept), file=sys.stderr)
                 results[kind] = rates
             finally:
                 traffic.close()
@@ -372,10 +417,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
     print(f"{args.rounds} interleaved rounds of {args.seconds:g} s; ratio = median of "
           "per-round ratios to untraced")
     for kind, rates in results.items():
-        unit = "packets/s" if kind == "udp" else "MB/s"
-        scale = 1.0 if kind == "udp" else 1e-6
+        unit = "MB/s" if kind == "tcp" else "packets/s"
+        scale = 1e-6 if kind == "tcp" else 1.0
         width = max(14, *(len(mode) + 1 for mode in rates))
-        ns = " BPF ns/packet" if cost and kind == "udp" else ""
+        ns = " BPF ns/packet" if cost and kind != "tcp" else ""
         print(f"\n{kind:<{width}}{unit:>14}{'ratio':>8}{ns}")
         base = rates["untraced"]
         for mode, values in rates.items():

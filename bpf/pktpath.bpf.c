@@ -216,12 +216,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 		return 0;
 	if (cfg.netns && dev && netns_of(dev, btf) != cfg.netns)
 		return 0;
-	if (cfg.netns_set && dev) {
-		__u32 inode = netns_of(dev, btf);
-
-		if (!bpf_map_lookup_elem(&netns_set, &inode))
-			return 0;
-	}
 
 	h.l3 = network_header(skb, hook, type, btf);
 	skip_vlan_tags(&h, btf);
@@ -242,6 +236,14 @@ static __always_inline int handle(void *ctx, struct sk_buff *hook_skb, __u8 hook
 				return 0;
 		}
 		if ((cfg.proto || cfg.port || cfg.n_host4 || cfg.n_host6) && !packet_wanted(&h, btf))
+			return 0;
+	}
+	/* the agent's namespaces are nearly all of its node's: a lookup that seldom refuses, so
+	 * asked only of a packet that may be wanted (a trace's address, a followed packet) */
+	if (cfg.netns_set && dev) {
+		__u32 inode = netns_of(dev, btf);
+
+		if (!bpf_map_lookup_elem(&netns_set, &inode))
 			return 0;
 	}
 	/* only a packet that may be wanted pays for finding its Ethernet header */

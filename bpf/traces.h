@@ -40,51 +40,59 @@ static __always_inline __u64 addr_traces(__u32 *key, struct pktpath_addr_bloom *
 	return traces ? *traces : 0;
 }
 
-/* The traces of the IP packet at l3, by its source and destination. */
-static __always_inline __u64 ip_traces(unsigned char *l3, __u16 ethertype, bool btf)
+/* The traces of an IPv4 header, by its source and destination. */
+static __always_inline __u64 ipv4_traces(struct ipv4_header *ip,
+					 struct pktpath_addr_bloom *bloom)
 {
-	__u32 key[4] = { 0, 0, bpf_htonl(0xFFFF), 0 };
-	struct pktpath_addr_bloom *bloom;
-	__u32 zero = 0;
-	__u64 traces;
+	__u32 key[4] = { 0, 0, bpf_htonl(0xFFFF), ip->saddr };
+	__u64 traces = addr_traces(key, bloom);
 
-	bloom = bpf_map_lookup_elem(&trace_bloom, &zero);
-	if (!bloom)
-		return 0;
+	key[3] = ip->daddr;
+	return traces | addr_traces(key, bloom);
+}
 
+/* The traces of the IP packet at l3, by its source and destination. */
+static __always_inline __u64 ip_traces(unsigned char *l3, __u16 ethertype,
+				       struct pktpath_addr_bloom *bloom, bool btf)
+{
 	if (ethertype == ETH_P_IP) {
 		struct ipv4_header ip;
 
-		if (PKT_COPY(btf, &ip, l3))
-			return 0;
-		key[3] = ip.saddr;
-		traces = addr_traces(key, bloom);
-		key[3] = ip.daddr;
-		return traces | addr_traces(key, bloom);
+		return PKT_COPY(btf, &ip, l3) ? 0 : ipv4_traces(&ip, bloom);
 	}
 	if (ethertype == ETH_P_IPV6) {
 		struct ipv6_header ip6;
 
 		if (PKT_COPY(btf, &ip6, l3))
 			return 0;
-		traces = addr_traces(ip6.saddr, bloom);
-		return traces | addr_traces(ip6.daddr, bloom);
+		return addr_traces(ip6.saddr, bloom) | addr_traces(ip6.daddr, bloom);
 	}
 	return 0;
 }
 
-/* The traces a packet is for: its own addresses', else those of the packet inside it. */
+/* The traces a packet is for: its own addresses', else those of the packet inside it (an
+ * IPv4 header read once for both). */
 static __always_inline __u64 packet_traces(struct headers *h, bool btf)
 {
+	struct pktpath_addr_bloom *bloom;
 	struct ipv4_header ip;
 	unsigned char *inner;
 	__u16 ethertype;
-	__u64 traces = ip_traces(h->l3, h->ethertype, btf);
+	__u32 zero = 0;
+	__u64 traces;
 
-	if (traces || h->ethertype != ETH_P_IP || PKT_COPY(btf, &ip, h->l3))
+	bloom = bpf_map_lookup_elem(&trace_bloom, &zero);
+	if (!bloom)
+		return 0;
+	if (h->ethertype != ETH_P_IP)
+		return ip_traces(h->l3, h->ethertype, bloom, btf);
+	if (PKT_COPY(btf, &ip, h->l3))
+		return 0;
+	traces = ipv4_traces(&ip, bloom);
+	if (traces)
 		return traces;
 	inner = vxlan_inner(&ip, h->l3, &ethertype, btf);
-	return inner ? ip_traces(inner, ethertype, btf) : 0;
+	return inner ? ip_traces(inner, ethertype, bloom, btf) : 0;
 }
 
 #endif /* PKTPATH_TRACES_H */

@@ -76,3 +76,28 @@ def test_each_trace_gets_the_hops_of_its_addresses_and_only_those(
     assert counts.values["programs_attached"] == attached, "attached while a trace runs"
     third.close()
     assert counts.values["programs_attached"] == 0, "detached with the last trace"
+
+
+def test_a_namespace_not_the_nodes_is_not_traced(lab: Netlab, e2e: None) -> None:
+    """The node's namespaces bound every trace: the container's is left out of them here, so
+    its hops of the traced echoes are not shown, the host's are."""
+    net = docker_like(lab, 92)
+    node = NodeTracer(Spaces(net.host.inode), Counts())  # type: ignore[arg-type]
+    sub = node.subscribe([net.host_addr, net.container_addr])
+    assert sub is not None
+    stop = threading.Event()
+    hops: list[Hop] = []
+    thread = collect(sub, stop, hops)
+    net.host.sh("ping", "-c2", "-i0.2", "-W1", net.container_addr)
+    deadline = time.monotonic() + 10 * SLOWDOWN
+    while len(echoes_of(hops)) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3 * SLOWDOWN)  # a hop in the container's namespace would come by now
+    stop.set()
+    thread.join(5)
+    sub.close()
+
+    echoes = echoes_of(hops)
+    assert len(echoes) == 2 * 4, "2 requests and 2 replies at docker0 and the veth"
+    assert {(netns, ifname) for netns, ifname, _ in echoes} == {
+        (net.host.inode, "docker0"), (net.host.inode, net.veth)}
