@@ -346,7 +346,7 @@ def main() -> int:
                         default="floor,nomatch,one-in-100,all-to-file,bpftrace,perf-trace")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
     parser.add_argument("--baseline", metavar="DIR",
-                        help="an earlier pktpath checkout for the expr-baseline mode")
+                        help="an earlier pktpath checkout, for the -baseline modes")
     parser.add_argument("--bpf-stats", action="store_true",
                         help="also the BPF programs' run time per packet (not tcp)")
     args = parser.parse_args()
@@ -358,6 +358,9 @@ def main() -> int:
         if mode in modes and shutil.which(tool) is None:
             print(f"{tool} is not installed: leaving out {mode}", file=sys.stderr)
             modes.remove(mode)
+    unknown = set(args.traffic.split(",")) - {"udp", "tcp", "iperf3"}
+    if unknown:
+        parser.error(f"unknown traffic {', '.join(sorted(unknown))}: udp, tcp or iperf3")
     if any(m.endswith("-baseline") for m in modes) and not args.baseline:
         parser.error("a -baseline mode needs --baseline DIR (an earlier pktpath checkout)")
     if not os.path.exists("/sys/kernel/tracing/events"):
@@ -369,7 +372,7 @@ def main() -> int:
     startup: list[float] = []
     memory: dict[str, list[dict[str, int]]] = {}
     results: dict[str, dict[str, list[float]]] = {}
-    cost: dict[str, list[float]] | None = None
+    cost: dict[str, dict[str, list[float]]] | None = None
     if args.bpf_stats:
         cost = {}
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
@@ -384,7 +387,7 @@ def main() -> int:
 
 def run_all(args: argparse.Namespace, modes: list[str], startup: list[float],
             memory: dict[str, list[dict[str, int]]], results: dict[str, dict[str, list[float]]],
-            cost: dict[str, list[float]] | None) -> None:
+            cost: dict[str, dict[str, list[float]]] | None) -> None:
     """Every round of every traffic kind; rates into results."""
     with tempfile.TemporaryDirectory() as workdir, Topology() as topo:
         for kind in args.traffic.split(","):
@@ -401,7 +404,8 @@ def run_all(args: argparse.Namespace, modes: list[str], startup: list[float],
                     for mode in kept[r % len(kept):] + kept[:r % len(kept)]:
                         rates[mode].append(measure(
                             mode, traffic, args.seconds, workdir, startup, args.baseline,
-                            memory, cost if kind != "tcp" else None))
+                            memory, cost.setdefault(kind, {}) if cost is not None and
+                            kind != "tcp" else None))
                         time.sleep(0.3)
                     print(f"{kind} round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{m} {rates[m][-1]:,.0f}" for m in kept), file=sys.stderr)
@@ -412,7 +416,7 @@ def run_all(args: argparse.Namespace, modes: list[str], startup: list[float],
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
            memory: dict[str, list[dict[str, int]]], startup: list[float],
-           cost: dict[str, list[float]] | None) -> None:
+           cost: dict[str, dict[str, list[float]]] | None) -> None:
     """Print the medians, ratios, BPF time, memory, start and user-space figures."""
     print(f"{args.rounds} interleaved rounds of {args.seconds:g} s; ratio = median of "
           "per-round ratios to untraced")
@@ -420,12 +424,13 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         unit = "MB/s" if kind == "tcp" else "packets/s"
         scale = 1e-6 if kind == "tcp" else 1.0
         width = max(14, *(len(mode) + 1 for mode in rates))
-        ns = " BPF ns/packet" if cost and kind != "tcp" else ""
+        spent_ns = (cost or {}).get(kind, {})
+        ns = " BPF ns/packet" if spent_ns else ""
         print(f"\n{kind:<{width}}{unit:>14}{'ratio':>8}{ns}")
         base = rates["untraced"]
         for mode, values in rates.items():
             ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
-            spent = (f"{statistics.median(cost[mode]):>14.0f}" if ns and cost and mode in cost
+            spent = (f"{statistics.median(spent_ns[mode]):>14.0f}" if mode in spent_ns
                      else "")
             print(f"{mode:<{width}}{statistics.median(values) * scale:>14,.0f}{ratio:>8.3f}"
                   f"{spent}")
